@@ -1,0 +1,29 @@
+# Set-up and the two commands the README promises: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: setup test demo bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: an unpinned resolve would pull several GB of CUDA wheels.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m tunesmith.cli demo
+
+bench: setup
+	$(PY) bench/prep_speed.py
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,2 @@
+"""tunesmith: fine-tune causal LMs on your own data."""
+__version__ = "0.1.0"

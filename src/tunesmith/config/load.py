@@ -1,0 +1,160 @@
+"""YAML -> command-line overrides -> validated Config -> paths resolved against the config's folder."""
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunesmith.config.schema import Config
+from tunesmith.errors import ConfigError
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read, override, validate and resolve a config file. Raises ConfigError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found", "check the path; relative paths start from the working directory")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+
+    from tunesmith.config.seed_compat import translate_if_seed  # local import: compat is optional baggage
+
+    raw, notes = translate_if_seed(raw)
+    for item in parse_overrides(overrides or []):
+        _set_dotted(raw, *item)
+    cfg = validate(raw, source=str(path))
+    cfg.seed_compat = notes
+    return resolve_paths(cfg, path.parent.resolve())
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(_describe(err) for err in e.errors())) from None
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`data.max_length=1024` -> ("data.max_length", 1024); values are parsed as YAML."""
+    parsed = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. data.max_length=1024")
+        try:
+            parsed.append((key.strip(), yaml.safe_load(value)))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+    return parsed
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(err: dict) -> str:
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    where = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+        tip = f"did you mean '{close[0]}'?" if close else f"valid keys here: {', '.join(sorted(valid))}"
+        return f"  {where}: unknown key; {tip}"
+    if err["type"] == "missing":
+        return f"  {where}: required key is missing"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"  {where}: {err['msg']}{shown}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member's name to the location (e.g. 'PromptFormatConfig', 'str').
+    return isinstance(part, str) and (part[:1].isupper() or part in {"str", "int", "float", "bool", "list[str]"})
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return []
+        model = _model_in(model.model_fields[part].annotation)
+    return list(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((m for a in typing.get_args(annotation) if (m := _model_in(a))), None)
+    return None
+
+
+# ---- paths --------------------------------------------------------------------------------------
+
+def resolve_path(value: str | None, base: Path, must_exist: bool = False) -> str | None:
+    """Relative local paths are relative to the config's folder; URLs and absolute paths stay."""
+    if not value or "://" in value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    candidate = base / p
+    if must_exist and not candidate.exists():
+        return value  # a Hub id or builder name, not a path
+    return str(candidate)
+
+
+def _resolve_callable(spec: str | None, base: Path) -> str | None:
+    # `file.py:function` is a path; `package.module:function` is an import.
+    if spec and ":" in spec:
+        target, fn = spec.rsplit(":", 1)
+        if target.endswith(".py"):
+            return f"{resolve_path(target, base)}:{fn}"
+        beside = base / (target.replace(".", "/") + ".py")
+        if beside.is_file():  # `preprocessing:fn` next to the config works from any working directory
+            return f"{beside}:{fn}"
+    return spec
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    cfg.base_model = resolve_path(cfg.base_model, base, must_exist=True)
+    cfg.tokenizer = resolve_path(cfg.tokenizer, base, must_exist=True)
+    if cfg.output_dir:
+        cfg.output_dir = resolve_path(cfg.output_dir, base)
+    d = cfg.data
+    d.output = resolve_path(d.output, base)
+    d.preprocessing_fn = _resolve_callable(d.preprocessing_fn, base)
+    for src in (d.train, d.eval):
+        if src is None:
+            continue
+        src.path = resolve_path(src.path, base, must_exist=True)
+        src.data_dir = resolve_path(src.data_dir, base)
+        src.from_disk = resolve_path(src.from_disk, base)
+        src.function = _resolve_callable(src.function, base)
+        if isinstance(src.data_files, str):
+            src.data_files = resolve_path(src.data_files, base)
+        elif isinstance(src.data_files, list):
+            src.data_files = [resolve_path(f, base) for f in src.data_files]
+        elif isinstance(src.data_files, dict):
+            src.data_files = {
+                k: [resolve_path(f, base) for f in v] if isinstance(v, list) else resolve_path(v, base)
+                for k, v in src.data_files.items()
+            }
+    return cfg

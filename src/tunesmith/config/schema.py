@@ -1,0 +1,173 @@
+"""The one truth of what a tunesmith config may say (pydantic models).
+
+Every model forbids unknown keys, so a typo fails before any work starts; load.py turns
+pydantic's errors into messages with the key's dotted path and the closest valid name.
+"""
+from __future__ import annotations
+
+import string
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SourceConfig(Strict):
+    """Where rows come from: exactly one of `path`, `from_disk`, `function`."""
+
+    path: str | None = Field(None, description="load_dataset path: a builder (json, csv, parquet, text), a Hub name or a local folder")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    data_dir: str | None = None
+    name: str | None = Field(None, description="the dataset's config name (load_dataset's `name`)")
+    split: str = "train"
+    from_disk: str | None = Field(None, description="a folder written by Dataset.save_to_disk (or DatasetDict)")
+    function: str | None = Field(None, description="module:function or file.py:function returning a Dataset")
+    storage_options: dict[str, Any] | None = Field(None, description="fsspec options for remote URLs (s3://, gs://, ...)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for load_dataset")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_builder(cls, data: Any) -> Any:
+        # `data_files: x.jsonl` alone is enough: the builder follows from the extension.
+        if isinstance(data, dict) and not any(data.get(k) for k in ("path", "from_disk", "function")):
+            files = data.get("data_files")
+            first = files if isinstance(files, str) else (files[0] if isinstance(files, list) and files else None)
+            if isinstance(first, str):
+                builder = builder_for(first)
+                if builder:
+                    data = {**data, "path": builder}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> "SourceConfig":
+        given = [k for k in ("path", "from_disk", "function") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `path` (with data_files/data_dir), `from_disk` or `function`"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        return self
+
+
+_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text", ".arrow": "arrow"}
+
+
+def builder_for(filename: str) -> str | None:
+    name = filename.lower().removesuffix(".gz").removesuffix(".zst").removesuffix(".bz2")
+    return next((b for ext, b in _BUILDERS.items() if name.endswith(ext)), None)
+
+
+def template_fields(template: str) -> set[str]:
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+
+
+class FewShotExample(Strict):
+    input: str
+    context: str | list[str] | None = None
+    response: str
+
+
+class PromptConfig(Strict):
+    """How one example becomes text: system message, few-shot examples, templates."""
+
+    system_message: str | None = None
+    examples: list[FewShotExample] = Field(default_factory=list)
+    input_template: str = "{text}"
+    context_template: str = "{text}"
+    response_template: str = Field("{text}", description="text before {text} is the cue that precedes the answer (masked)")
+
+    @field_validator("input_template", "response_template")
+    @classmethod
+    def _needs_text(cls, v: str) -> str:
+        fields = template_fields(v)
+        if fields != {"text"}:
+            raise ValueError(f"must contain {{text}} and no other field, got fields {sorted(fields)}; write {{{{ }}}} for a literal brace")
+        return v
+
+    @field_validator("context_template")
+    @classmethod
+    def _context_fields(cls, v: str) -> str:
+        fields = template_fields(v)
+        if "text" not in fields or fields - {"text", "index"}:
+            raise ValueError(f"must contain {{text}} and may contain {{index}}, got fields {sorted(fields)}")
+        return v
+
+
+class PromptFormatConfig(Strict):
+    """A model's role markers. `{bos}` and `{eos}` stand for the tokenizer's own tokens."""
+
+    name: str = "custom"
+    system_prefix: str = ""
+    system_suffix: str = "\n\n"
+    system_in_first_input: bool = Field(False, description="put the system block inside the first user turn (Llama-2)")
+    context_prefix: str = ""
+    context_suffix: str = "\n"
+    context_position: Literal["before_input", "after_input"] = "before_input"
+    input_prefix: str = ""
+    input_suffix: str = ""
+    response_prefix: str = Field("", description="masked: the cue before the answer")
+    response_suffix: str = Field("", description="trained: what ends an answer")
+    turn_separator: str = ""
+    stop: list[str] = Field(default_factory=list, description="stop strings for generation")
+
+
+class DataConfig(Strict):
+    train: SourceConfig
+    eval: SourceConfig | None = None
+    validation_split: float | None = Field(None, gt=0, lt=1)
+    seed: int = 42
+    format: Literal["auto", "input", "prompt_response", "chat"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict, description="canonical name -> your column name")
+    preprocessing_fn: str | None = Field(None, description="module:function or path/to/file.py:function")
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    prompt_format: str | PromptFormatConfig = "plain"
+    train_on_prompt: bool = False
+    assistant_turns: Literal["all", "last"] = "all"
+    max_length: int = Field(2048, gt=1)
+    overlength: Literal["drop", "truncate", "error"] = "drop"
+    bad_rows: Literal["error", "skip"] = "error"
+    num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default: all cores for large data")
+    output: str | None = Field(None, description="default: <output_dir>/data")
+    export: list[Literal["jsonl", "parquet"]] = Field(default_factory=list)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        canonical = {"input", "context", "contexts", "prompt", "response", "completion", "messages"}
+        unknown = set(v) - canonical
+        if unknown:
+            raise ValueError(f"unknown canonical column(s) {sorted(unknown)}; use {sorted(canonical)} as keys")
+        return v
+
+    @model_validator(mode="after")
+    def _one_eval(self) -> "DataConfig":
+        if self.eval is not None and self.validation_split is not None:
+            raise ValueError("give either `eval` (a second source) or `validation_split`, not both")
+        return self
+
+
+class Config(Strict):
+    """A whole run: the data part (`tunesmith prep`) and the training part (`tunesmith train`)."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    base_model: str = Field(description="Hub id, local folder, or .gguf file; the tokenizer comes from here")
+    tokenizer: str | None = Field(None, description="tokenizer to use instead of base_model's")
+    output_dir: str | None = Field(None, description="default: outputs/<name> in the working directory")
+    data: DataConfig
+    model: "ModelConfig" = Field(default_factory=lambda: ModelConfig())
+    training: dict[str, Any] = Field(default_factory=dict, description="any transformers TrainingArguments field")
+    seed_compat: list[str] = Field(default_factory=list, exclude=True, description="notes on translated seed-style keys")
+
+    def resolved_output_dir(self) -> str:
+        return self.output_dir or f"outputs/{self.name}"
+
+    def resolved_data_dir(self) -> str:
+        return self.data.output or f"{self.resolved_output_dir()}/data"
+
+
+from tunesmith.config.train_schema import ModelConfig  # noqa: E402  (train part lives in its own file)
+
+Config.model_rebuild()

@@ -1,0 +1,125 @@
+"""Any row shape -> one normalized example (pure functions, no tokenizer).
+
+Normalized shapes:
+  {"kind": "input", "input": str, "contexts": [str], "response": str}   (two-step and prompt/response rows)
+  {"kind": "chat", "messages": [{"role": str, "content": str}]}          (chat rows)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tunesmith.errors import row_error
+
+ROLES = ("system", "user", "assistant", "tool")
+# What may follow each role in a conversation (None: the start, after any system message).
+_MAY_FOLLOW = {None: {"user"}, "user": {"assistant"}, "assistant": {"user", "tool"}, "tool": {"assistant", "tool"}}
+
+
+def detect_format(columns: list[str] | set[str]) -> str:
+    """Which row shape the (renamed) columns describe; '' when none fits."""
+    cols = set(columns)
+    if "messages" in cols:
+        return "chat"
+    if "input" in cols and "response" in cols:
+        return "input"
+    if "prompt" in cols and ("response" in cols or "completion" in cols):
+        return "prompt_response"
+    return ""
+
+
+def rename_columns(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """Apply `columns: {canonical: yours}`; the user's name wins over a same-named original."""
+    if not columns:
+        return row
+    out = {k: v for k, v in row.items() if k not in columns.values()}
+    for canonical, yours in columns.items():
+        if yours in row:
+            out[canonical] = row[yours]
+    return out
+
+
+def apply_preprocessing(row: dict[str, Any], fn: Callable, fn_name: str, index: int) -> dict[str, Any]:
+    try:
+        out = fn(row)
+    except Exception as e:
+        raise row_error(index, f"preprocessing function {fn_name} raised {type(e).__name__}: {e}") from None
+    if not isinstance(out, dict):
+        raise row_error(index, f"preprocessing function {fn_name} returned {type(out).__name__}, not a dict",
+                        "return {'prompt': ..., 'response': ...}, {'input': ..., 'response': ...} or {'messages': [...]}")
+    return out
+
+
+def normalize(row: dict[str, Any], fmt: str, index: int) -> dict[str, Any]:
+    """Validate one row of the given format and return its normalized example."""
+    if fmt == "chat":
+        messages = _messages(row, index)
+        return {"kind": "chat", "messages": messages, "trailing_removed": len(row["messages"]) - len(messages)}
+    if fmt == "prompt_response":
+        response_key = "response" if "response" in row else "completion"
+        return {"kind": "input", "input": _text(row, "prompt", index), "contexts": [],
+                "response": _response(row, response_key, index)}
+    if fmt == "input":
+        return {"kind": "input", "input": _text(row, "input", index), "contexts": _contexts(row, index),
+                "response": _response(row, "response", index)}
+    raise row_error(index, f"has fields {sorted(row)}, which match no known format",
+                    "rows need input+response, prompt+response/completion, or messages; "
+                    "map other names with data.columns or data.preprocessing_fn")
+
+
+def _text(row: dict, key: str, index: int) -> str:
+    if key not in row or row[key] is None:
+        raise row_error(index, f"missing required field {key!r} (fields: {sorted(row)})",
+                        "map your column names with data.columns, e.g. {prompt: question}")
+    value = row[key]
+    if not isinstance(value, str):
+        raise row_error(index, f"field {key!r} must be a string, got {type(value).__name__}: {str(value)[:60]!r}")
+    return value
+
+
+def _response(row: dict, key: str, index: int) -> str:
+    value = _text(row, key, index)
+    if not value.strip():
+        raise row_error(index, f"field {key!r} is empty: there is nothing to learn",
+                        "fix or remove the row, or set data.bad_rows: skip to count and skip such rows")
+    return value
+
+
+def _contexts(row: dict, index: int) -> list[str]:
+    key = "contexts" if "contexts" in row else "context"
+    value = row.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, (list, tuple)) and all(isinstance(c, str) for c in value):
+        return [c for c in value if c]
+    raise row_error(index, f"field {key!r} must be a list of strings, got {type(value).__name__}: {str(value)[:60]!r}")
+
+
+def _messages(row: dict, index: int) -> list[dict[str, str]]:
+    messages = row.get("messages")
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise row_error(index, "field 'messages' must be a non-empty list of {role, content}")
+    out, previous = [], None
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise row_error(index, f"{where} must have a string 'role' and a string 'content', got {str(m)[:80]!r}")
+        role = m["role"]
+        if role not in ROLES:
+            raise row_error(index, f"{where} has role {role!r}; roles are {', '.join(ROLES)}")
+        if role == "system":
+            if i != 0:
+                raise row_error(index, f"{where}: a system message may only come first")
+        elif role not in _MAY_FOLLOW[previous]:
+            after = f"after {previous!r}" if previous else "at the start"
+            raise row_error(index, f"{where}: role {role!r} cannot come {after}; expected one of {sorted(_MAY_FOLLOW[previous])}")
+        if role != "system":
+            previous = role
+        out.append({"role": role, "content": m["content"]})
+    while out and out[-1]["role"] != "assistant":
+        out.pop()  # trailing user/tool turns have nothing to learn from
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+        raise row_error(index, "has no assistant turn with content: there is nothing to learn",
+                        "each conversation needs at least one non-empty assistant message")
+    return out

@@ -1,0 +1,99 @@
+"""The data preparation recipe, top to bottom:
+
+    config -> tokenizer -> sources -> (validation split) -> render + tokenize -> report -> filter -> write
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, disable_progress_bars, enable_progress_bars
+
+from tunesmith import __version__
+from tunesmith.config.schema import Config
+from tunesmith.data.chat_template import check_has_template
+from tunesmith.data.prompts import CHAT_TEMPLATE, resolve_format
+from tunesmith.data.report import print_summary, split_report
+from tunesmith.data.rows import OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format
+from tunesmith.data.sources import import_callable, load_source
+from tunesmith.data.tokenize import load_tokenizer, specials_of
+from tunesmith.data.identity import tokenizer_identity
+from tunesmith.data.write import write_prepared
+from tunesmith.errors import DataError
+
+AUTO_PROC_MIN_ROWS = 20_000  # below this, starting worker processes costs more than it saves
+
+
+def prepare(cfg: Config, quiet: bool = False) -> dict:
+    """Prepare the data described by `cfg.data`; returns the report (also written beside the data)."""
+    start = time.perf_counter()
+    d = cfg.data
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
+    specials = specials_of(tokenizer)
+    fmt = resolve_format(d.prompt_format, specials.bos_text, specials.eos_text)
+    if fmt == CHAT_TEMPLATE:
+        check_has_template(tokenizer)
+    preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
+
+    raw = {"train": with_row_index(load_source(d.train, "data.train"))}
+    if d.eval is not None:
+        raw["eval"] = with_row_index(load_source(d.eval, "data.eval"))
+    elif d.validation_split:
+        parts = raw["train"].train_test_split(test_size=d.validation_split, seed=d.seed, shuffle=True)
+        raw = {"train": parts["train"], "eval": parts["test"]}
+
+    processed, reports = {}, {}
+    for split, ds in raw.items():
+        if len(ds) == 0:
+            raise DataError(f"data.{split}: the source has no rows")
+        row_format = dataset_format(d.format, ds.column_names, d.columns, preprocess is not None)
+        processor = RowProcessor(d, tokenizer, specials, fmt, row_format, preprocess)
+        num_proc = d.num_proc or (os.cpu_count() if len(ds) >= AUTO_PROC_MIN_ROWS else None)
+        if quiet:
+            disable_progress_bars()
+        try:
+            out = ds.map(processor, batched=True, batch_size=1000, num_proc=num_proc, features=OUTPUT_FEATURES,
+                         remove_columns=[c for c in ds.column_names if c != ROW], load_from_cache_file=False,
+                         desc=f"tokenizing {split}")
+        finally:
+            enable_progress_bars()
+        reports[split] = split_report(out)
+        processed[split] = out.filter(lambda s: [x == "ok" for x in s], input_columns="_status", batched=True,
+                                      batch_size=10_000, load_from_cache_file=False).remove_columns(STATUS_COLUMNS)
+
+    if reports["train"]["rows_kept"] == 0:
+        raise DataError("no training row is left after the length policy and checks",
+                        f"see the drop reasons: {reports['train']['dropped']}")
+    seconds = time.perf_counter() - start
+    tokens = sum(r["tokens"] for r in reports.values())
+    out_dir = cfg.resolved_data_dir()
+    report = {
+        "output": out_dir, "splits": reports, "seconds": round(seconds, 2),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
+        "prompt_format": fmt if isinstance(fmt, str) else fmt.name, "max_length": d.max_length,
+        "overlength": d.overlength, "translated_from_seed": cfg.seed_compat,
+    }
+    meta = {"tunesmith_version": __version__, "tokenizer": tokenizer_identity(tokenizer),
+            "prompt_format": report["prompt_format"], "max_length": d.max_length,
+            "data_config": d.model_dump(mode="json")}
+    write_prepared(DatasetDict(processed), out_dir, report, meta, d.export)
+    if not quiet:
+        print_summary(report)
+    return report
+
+
+def with_row_index(ds: Dataset) -> Dataset:
+    if ROW in ds.column_names:
+        raise DataError(f"the source already has a column named {ROW!r}, which tunesmith reserves", "rename that column")
+    return ds.add_column(ROW, list(range(len(ds))))
+
+
+def load_prepared(data_dir: str) -> DatasetDict:
+    """Read what prepare() wrote (a DatasetDict, or a plain Dataset saved by another tool)."""
+    from datasets import load_from_disk
+
+    if "://" not in data_dir and not Path(data_dir).exists():
+        raise DataError(f"{data_dir}: prepared data not found", "run `tunesmith prep CONFIG` first, or point data.output at it")
+    loaded = load_from_disk(data_dir)
+    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})

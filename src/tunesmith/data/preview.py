@@ -1,0 +1,61 @@
+"""`tunesmith preview`: show what the model will learn from, before any compute is spent."""
+from __future__ import annotations
+
+import itertools
+
+from rich.console import Console
+from rich.text import Text
+
+from tunesmith.config.schema import Config
+from tunesmith.data.chat_template import check_has_template
+from tunesmith.data.prompts import CHAT_TEMPLATE, resolve_format
+from tunesmith.data.rows import ROW, RowProcessor, dataset_format
+from tunesmith.data.sources import import_callable, load_source
+from tunesmith.data.tokenize import IGNORE, encode_batch, fit_length, load_tokenizer, specials_of
+
+OPEN, CLOSE = "\u27e6", "\u27e7"  # marks trained text when colour is off
+
+
+def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dict]:
+    console = console or Console()
+    d = cfg.data
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
+    specials = specials_of(tokenizer)
+    fmt = resolve_format(d.prompt_format, specials.bos_text, specials.eos_text)
+    if fmt == CHAT_TEMPLATE:
+        check_has_template(tokenizer)
+    preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
+    ds = load_source(d.train, "data.train")
+    ds = ds.select(range(min(n, len(ds))))
+    processor = RowProcessor(d, tokenizer, specials, fmt, dataset_format(d.format, ds.column_names, d.columns, preprocess is not None), preprocess)
+    shown = []
+    colour = console.is_terminal and not console.no_color
+    if not colour:
+        console.print(f"(trained tokens are shown between {OPEN} and {CLOSE})")
+    for i, row in enumerate(ds):
+        segments, _ = processor.render({k: v for k, v in row.items() if k != ROW}, i)
+        (ids, labels), = encode_batch([segments], tokenizer, specials)
+        enc = fit_length(ids, labels, d.max_length, "truncate" if d.overlength == "truncate" else "drop", specials, i)
+        trained = sum(1 for x in enc.labels if x != IGNORE)
+        note = {"too_long": f"  [red]dropped: over max_length {d.max_length}[/red]",
+                "no_trained_tokens": "  [red]dropped: no trained token[/red]"}.get(enc.drop, "")
+        note += f"  [yellow]cut: {enc.cut}[/yellow]" if enc.cut else ""
+        console.rule(f"row {i}: {len(enc.input_ids)} tokens, {trained} trained ({len(enc.input_ids) - trained} masked){note}")
+        console.print(highlight(tokenizer, enc.input_ids, enc.labels, colour), soft_wrap=True)
+        shown.append({"row": i, "tokens": len(enc.input_ids), "trained": trained, "drop": enc.drop, "cut": enc.cut})
+    return shown
+
+
+def highlight(tokenizer, ids: list[int], labels: list[int], colour: bool) -> Text:
+    """Decode runs of same-mask tokens; trained runs in green (or between markers)."""
+    out = Text()
+    pos = 0
+    for trained, run in itertools.groupby(range(len(ids)), key=lambda k: labels[k] != IGNORE):
+        run = list(run)
+        piece = tokenizer.decode(ids[pos:pos + len(run)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        pos += len(run)
+        if trained:
+            out.append(piece, style="bold green") if colour else out.append(f"{OPEN}{piece}{CLOSE}")
+        else:
+            out.append(piece, style="dim" if colour else None)
+    return out

@@ -1,0 +1,114 @@
+"""One batch of raw rows -> tokenized rows plus status columns (the function `datasets.map` runs).
+
+Rows are never dropped here: a row that cannot be used gets `_status` set to the reason, so
+the report can count every drop and cut before prepare.py filters them out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from datasets import Features, Sequence, Value
+from transformers import PreTrainedTokenizerBase
+
+from tunesmith.config.schema import DataConfig, PromptFormatConfig
+from tunesmith.data.chat_template import render_with_template
+from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
+from tunesmith.data.prompts import CHAT_TEMPLATE, Segment, example_to_turns, render_turns, select_trained
+from tunesmith.data.tokenize import IGNORE, Specials, encode_batch, fit_length
+from tunesmith.errors import DataError
+
+ROW = "_row"  # the row's index in its source, added before any split or filter
+STATUS_COLUMNS = [ROW, "_status", "_cut", "_error", "_prompt_tokens", "_trained_tokens", "_trailing_removed"]
+OUTPUT_FEATURES = Features({
+    "input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
+    "attention_mask": Sequence(Value("int8")), "full_text": Value("string"),
+    ROW: Value("int64"), "_status": Value("string"), "_cut": Value("string"), "_error": Value("string"),
+    "_prompt_tokens": Value("int32"), "_trained_tokens": Value("int32"), "_trailing_removed": Value("int32"),
+})
+
+
+@dataclass
+class RowProcessor:
+    data: DataConfig
+    tokenizer: PreTrainedTokenizerBase
+    specials: Specials
+    fmt: PromptFormatConfig | str
+    row_format: str  # "input", "prompt_response", "chat", or "" to detect per row
+    preprocess: Callable | None = None
+
+    def render(self, row: dict[str, Any], index: int) -> tuple[list[Segment], int]:
+        """One raw row -> segments (raises DataError naming the row when it is malformed)."""
+        if self.preprocess is not None:
+            row = apply_preprocessing(row, self.preprocess, self.data.preprocessing_fn, index)
+        row = rename_columns(row, self.data.columns)
+        fmt = self.row_format or detect_format([k for k, v in row.items() if v is not None])
+        example = normalize(row, fmt, index)
+        turns = select_trained(example_to_turns(example, self.data.prompt), self.data.assistant_turns)
+        if self.fmt == CHAT_TEMPLATE:
+            segments = render_with_template(turns, self.tokenizer, self.data.train_on_prompt, index)
+        else:
+            segments = render_turns(turns, self.fmt, self.data.train_on_prompt)
+        return segments, example.get("trailing_removed", 0)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        names = [k for k in batch if k != ROW]
+        n = len(batch[ROW])
+        rendered: list[list[Segment]] = []
+        status = {c: [] for c in STATUS_COLUMNS}
+        for i in range(n):
+            index = batch[ROW][i]
+            try:
+                segments, trailing = self.render({k: batch[k][i] for k in names}, index)
+                error = ""
+            except DataError as e:
+                if self.data.bad_rows == "error":
+                    raise
+                segments, trailing, error = [], 0, str(e)
+            rendered.append(segments)
+            status[ROW].append(index)
+            status["_error"].append(error)
+            status["_trailing_removed"].append(trailing)
+        encoded = encode_batch(rendered, self.tokenizer, self.specials)
+        out = {"input_ids": [], "labels": [], "attention_mask": [], "full_text": []}
+        for i, ((ids, labels), segments) in enumerate(zip(encoded, rendered)):
+            if status["_error"][i]:
+                enc_status, cut, ids, labels = "bad_row", "", [], []
+            else:
+                enc = fit_length(ids, labels, self.data.max_length, self.data.overlength, self.specials, status[ROW][i])
+                ids, labels, cut = enc.input_ids, enc.labels, enc.cut
+                enc_status = enc.drop or "ok"
+            trained = sum(1 for label in labels if label != IGNORE)
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["attention_mask"].append([1] * len(ids))
+            out["full_text"].append(self.text_of(segments, ids))
+            status["_status"].append(enc_status)
+            status["_cut"].append(cut)
+            status["_prompt_tokens"].append(len(ids) - trained)
+            status["_trained_tokens"].append(trained)
+        return {**out, **status}
+
+    def text_of(self, segments: list[Segment], ids: list[int]) -> str:
+        # The text the ids came from, with the BOS/EOS the tokenizer rules added.
+        text = "".join(t for t, _ in segments)
+        if ids and self.specials.adds_bos and not text.startswith(self.specials.bos_text):
+            text = self.specials.bos_text + text
+        if ids and ids[-1] == self.specials.eos_id and not text.rstrip().endswith(self.specials.eos_text):
+            text += self.specials.eos_text
+        return text
+
+
+def dataset_format(declared: str, columns: list[str], renames: dict[str, str], has_preprocessing: bool) -> str:
+    """The row format for a whole source; '' means detect per row (after a preprocessing function)."""
+    if declared != "auto":
+        return declared
+    if has_preprocessing:
+        return ""
+    renamed = {k for k in columns if k not in renames.values()} | {k for k, v in renames.items() if v in columns}
+    found = detect_format(renamed)
+    if not found:
+        raise DataError(f"cannot tell the data format from its columns {sorted(columns)}",
+                        "rows need input+response, prompt+response/completion, or messages; map other "
+                        "names with data.columns (e.g. {prompt: question, response: answer}) or data.preprocessing_fn")
+    return found

@@ -1,0 +1,133 @@
+"""A source spec -> a datasets.Dataset: load_dataset, load_from_disk (local or fsspec), or a callable."""
+from __future__ import annotations
+
+import glob
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from tunesmith.config.schema import SourceConfig
+from tunesmith.errors import ConfigError, DataError
+
+
+def load_source(src: SourceConfig, where: str = "data.train") -> Dataset:
+    if src.from_disk:
+        _require_local(src.from_disk, f"{where}.from_disk")
+        loaded = load_from_disk(src.from_disk, storage_options=src.storage_options)
+        return _pick_split(loaded, src.split, src.from_disk)
+    if src.function:
+        fn = import_callable(src.function, f"{where}.function")
+        loaded = fn()
+        if isinstance(loaded, list):
+            loaded = Dataset.from_list(loaded)
+        if not isinstance(loaded, (Dataset, DatasetDict)):
+            raise DataError(f"{where}.function {src.function} returned {type(loaded).__name__}",
+                            "return a datasets.Dataset, a DatasetDict or a list of dicts")
+        return _pick_split(loaded, src.split, src.function)
+    return _load_dataset(src, where)
+
+
+def _load_dataset(src: SourceConfig, where: str) -> Dataset:
+    files = _local_files(src.data_files)
+    for f in files:
+        if not glob.glob(f):
+            raise DataError(f"{f}: data file not found ({where}.data_files)",
+                            "relative paths start from the config file's folder")
+    if src.data_dir:
+        _require_local(src.data_dir, f"{where}.data_dir")
+    try:
+        return load_dataset(src.path, name=src.name, data_files=src.data_files, data_dir=src.data_dir,
+                            split=src.split, storage_options=src.storage_options, **src.kwargs)
+    except Exception as e:  # datasets wraps parse errors; find the bad line ourselves
+        bad = _first_bad_json_line(files or _files_in(src.data_dir)) if src.path == "json" else None
+        if bad:
+            raise DataError(bad, "each line of a JSONL file must be one JSON object") from None
+        if isinstance(e, (FileNotFoundError, ValueError)):
+            raise DataError(f"{where}: could not load {src.path!r} (split {src.split!r}): {e}") from None
+        raise
+
+
+def _local_files(data_files: Any) -> list[str]:
+    if data_files is None:
+        return []
+    if isinstance(data_files, str):
+        data_files = [data_files]
+    if isinstance(data_files, dict):
+        data_files = [f for v in data_files.values() for f in ([v] if isinstance(v, str) else v)]
+    return [f for f in data_files if "://" not in f]
+
+
+def _files_in(folder: str | None) -> list[str]:
+    return sorted(str(p) for p in Path(folder).glob("*.json*")) if folder and "://" not in folder else []
+
+
+def _first_bad_json_line(files: list[str]) -> str | None:
+    for pattern in files:
+        for f in sorted(glob.glob(pattern)):
+            if not f.endswith((".jsonl", ".json")):
+                continue
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+            if f.endswith(".json") and text.lstrip().startswith("["):
+                try:
+                    json.loads(text)
+                except json.JSONDecodeError as e:
+                    return f"{f}: not valid JSON at line {e.lineno}: {e.msg}"
+                continue
+            for lineno, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    return f"{f}: line {lineno} is not valid JSON: {e.msg} (column {e.colno})"
+                if not isinstance(obj, dict):
+                    return f"{f}: line {lineno} is a JSON {type(obj).__name__}, not an object"
+    return None
+
+
+def _require_local(path: str, key: str) -> None:
+    if "://" not in path and not Path(path).exists():
+        raise DataError(f"{path}: not found ({key})", "relative paths start from the config file's folder")
+
+
+def _pick_split(loaded: Dataset | DatasetDict, split: str, origin: str) -> Dataset:
+    if isinstance(loaded, DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{origin}: has no split {split!r}; it has {sorted(loaded)}", "set `split:` in the source")
+        return loaded[split]
+    return loaded
+
+
+def import_callable(spec: str, key: str) -> Callable:
+    """`package.module:function` (importable) or `path/to/file.py:function`."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise ConfigError(f"{key}: {spec!r} is not of the form module:function or file.py:function")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise DataError(f"{target}: file not found ({key})", "relative paths start from the config file's folder")
+            module_name = f"tunesmith_user_{path.stem}"
+            module = sys.modules.get(module_name)
+            if module is None or getattr(module, "__file__", None) != str(path):
+                sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+                module_spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[module_name] = module  # worker processes find it when unpickling
+                module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ImportError as e:
+        raise ConfigError(f"{key}: cannot import {target!r}: {e}",
+                          "use path/to/file.py:function, or put the module on PYTHONPATH") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"{key}: {target} has no function {name!r}")
+    return fn

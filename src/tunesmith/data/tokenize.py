@@ -1,0 +1,114 @@
+"""Text segments -> input_ids / labels / attention_mask, with the BOS/EOS rules and the length policy.
+
+Each segment is tokenized on its own (one batched call for all segments of a batch), so the
+prompt|answer boundary is exact in token space and matches inference, where generation starts
+right after the prompt's last token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from tunesmith.data.prompts import Segment
+from tunesmith.errors import ModelError, row_error
+from tunesmith.modelref import split_gguf
+
+IGNORE = -100
+
+
+def load_tokenizer(ref: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    path, extra = split_gguf(ref)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
+    except Exception as e:  # OSError, ValueError, HF hub errors: all mean "cannot load this"
+        raise ModelError(f"cannot load a tokenizer from {ref!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                         "set base_model (or tokenizer) to a local folder with tokenizer files, a .gguf file, "
+                         "or a Hub id when the Hub is reachable") from None
+    if tok.eos_token_id is None:
+        raise ModelError(f"tokenizer {ref!r} has no EOS token", "tunesmith ends every answer with EOS; use a tokenizer that has one")
+    return tok
+
+
+@dataclass(frozen=True)
+class Specials:
+    bos_id: int | None
+    eos_id: int
+    adds_bos: bool  # the tokenizer puts BOS first when asked for special tokens
+    bos_text: str
+    eos_text: str
+
+
+def specials_of(tok: PreTrainedTokenizerBase) -> Specials:
+    with_special = tok("a", add_special_tokens=True)["input_ids"]
+    adds_bos = tok.bos_token_id is not None and len(with_special) > 0 and with_special[0] == tok.bos_token_id
+    return Specials(tok.bos_token_id, tok.eos_token_id, adds_bos, tok.bos_token or "", tok.eos_token)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    cut: str = ""  # "", "prompt" or "prompt+response"
+    drop: str = ""  # reason the row cannot be used, "" when kept
+
+
+def encode_batch(batch: list[list[Segment]], tok: PreTrainedTokenizerBase, sp: Specials) -> list[tuple[list[int], list[int]]]:
+    """Segments of many examples -> (input_ids, labels) each; one tokenizer call for the batch."""
+    flat = [text for segments in batch for text, _ in segments]
+    ids_flat = tok(flat, add_special_tokens=False)["input_ids"] if flat else []
+    out, k = [], 0
+    for segments in batch:
+        ids: list[int] = []
+        labels: list[int] = []
+        for _, trained in segments:
+            piece = ids_flat[k]
+            k += 1
+            ids += piece
+            labels += piece if trained else [IGNORE] * len(piece)
+        if sp.adds_bos and (not ids or ids[0] != sp.bos_id):
+            ids.insert(0, sp.bos_id)  # exactly one BOS: none added when the template wrote it
+            labels.insert(0, IGNORE)
+        if not _ends_with_eos(segments, ids, labels, sp):
+            ids.append(sp.eos_id)  # trained even when pad == eos: the label is set here, not from padding
+            labels.append(sp.eos_id)
+        out.append((ids, labels))
+    return out
+
+
+def _ends_with_eos(segments: list[Segment], ids: list[int], labels: list[int], sp: Specials) -> bool:
+    last_trained = next((t for t, trained in reversed(segments) if trained), None)
+    if last_trained is None:
+        return True  # nothing trained: the row is dropped later, no EOS to add
+    # A template may end the turn with EOS followed by a newline ("<|im_end|>\n").
+    return last_trained.rstrip().endswith(sp.eos_text) or (labels and labels[-1] == sp.eos_id)
+
+
+def fit_length(ids: list[int], labels: list[int], max_length: int, policy: str, sp: Specials, index: int) -> Encoded:
+    """Apply the over-length policy; never cut silently (the caller counts `cut` and `drop`)."""
+    enc = Encoded(ids, labels)
+    if len(ids) > max_length:
+        if policy == "error":
+            raise row_error(index, f"is {len(ids)} tokens long, over data.max_length={max_length}",
+                            "raise data.max_length, or set data.overlength to drop or truncate")
+        if policy == "drop":
+            enc.drop = "too_long"
+            return enc
+        enc = _truncate(ids, labels, max_length, sp)
+    if not any(label != IGNORE for label in enc.labels):
+        enc.drop = enc.drop or "no_trained_tokens"
+    return enc
+
+
+def _truncate(ids: list[int], labels: list[int], max_length: int, sp: Specials) -> Encoded:
+    """Cut the prompt from the left (after BOS), keeping the answer; then the answer's end."""
+    keep_bos = 1 if sp.adds_bos and ids and ids[0] == sp.bos_id else 0
+    first_trained = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+    excess = len(ids) - max_length
+    removable = max(first_trained - keep_bos, 0)
+    cut_prompt = min(excess, removable)
+    ids = ids[:keep_bos] + ids[keep_bos + cut_prompt:]
+    labels = labels[:keep_bos] + labels[keep_bos + cut_prompt:]
+    if len(ids) > max_length:
+        return Encoded(ids[:max_length], labels[:max_length], cut="prompt+response" if cut_prompt else "response")
+    return Encoded(ids, labels, cut="prompt")
