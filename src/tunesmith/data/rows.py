@@ -105,6 +105,7 @@ def dataset_format(declared: str, columns: list[str], renames: dict[str, str], h
         return declared
     if has_preprocessing:
         return ""
+    columns = [c for c in columns if c != ROW]
     renamed = {k for k in columns if k not in renames.values()} | {k for k, v in renames.items() if v in columns}
     found = detect_format(renamed)
     if not found:

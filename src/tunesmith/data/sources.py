@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets.utils import logging as ds_logging
 
 from tunesmith.config.schema import SourceConfig
 from tunesmith.errors import ConfigError, DataError
@@ -40,6 +41,8 @@ def _load_dataset(src: SourceConfig, where: str) -> Dataset:
                             "relative paths start from the config file's folder")
     if src.data_dir:
         _require_local(src.data_dir, f"{where}.data_dir")
+    level = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)  # its parse-error log would duplicate our message
     try:
         return load_dataset(src.path, name=src.name, data_files=src.data_files, data_dir=src.data_dir,
                             split=src.split, storage_options=src.storage_options, **src.kwargs)
@@ -50,6 +53,8 @@ def _load_dataset(src: SourceConfig, where: str) -> Dataset:
         if isinstance(e, (FileNotFoundError, ValueError)):
             raise DataError(f"{where}: could not load {src.path!r} (split {src.split!r}): {e}") from None
         raise
+    finally:
+        ds_logging.set_verbosity(level)
 
 
 def _local_files(data_files: Any) -> list[str]:

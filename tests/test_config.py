@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+
+from helpers import write_config, write_jsonl
+from tunesmith.cli import main
+from tunesmith.config import load_config
+from tunesmith.errors import ConfigError
+
+
+def base_cfg(tok_dir, **data):
+    return {"base_model": str(tok_dir), "data": {"train": {"data_files": "rows.jsonl"}, **data}}
+
+
+def test_unknown_key_names_path_and_suggests(tmp_path, tok_dir):
+    cfg = write_config(tmp_path / "c.yaml", base_cfg(tok_dir, max_lenght=12))
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert "data.max_lenght: unknown key; did you mean 'max_length'?" in str(e.value)
+
+
+def test_unknown_nested_key_in_source_and_prompt(tmp_path, tok_dir):
+    cfg = write_config(tmp_path / "c.yaml", base_cfg(tok_dir, prompt={"system_mesage": "x"}))
+    with pytest.raises(ConfigError, match=r"data.prompt.system_mesage: unknown key; did you mean 'system_message'"):
+        load_config(cfg)
+
+
+def test_wrong_type_and_missing_required(tmp_path, tok_dir):
+    cfg = write_config(tmp_path / "c.yaml", {"data": {"train": {"data_files": "x.jsonl"}, "max_length": "long"}})
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    msg = str(e.value)
+    assert "base_model: required key is missing" in msg
+    assert "data.max_length:" in msg and "'long'" in msg
+
+
+def test_source_needs_exactly_one_kind(tmp_path, tok_dir):
+    cfg = write_config(tmp_path / "c.yaml", {"base_model": "x", "data": {"train": {"split": "train"}}})
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_config(cfg)
+
+
+def test_builder_inferred_from_extension(tmp_path, tok_dir):
+    cfg = load_config(write_config(tmp_path / "c.yaml", base_cfg(tok_dir)))
+    assert cfg.data.train.path == "json"
+    cfg = load_config(write_config(tmp_path / "d.yaml", {"base_model": "x", "data": {"train": {"data_files": ["a.parquet"]}}}))
+    assert cfg.data.train.path == "parquet"
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path, tok_dir):
+    path = write_config(tmp_path / "c.yaml", base_cfg(tok_dir))
+    cfg = load_config(path, ["data.max_length=1024", "data.prompt.system_message=Be brief", "name=exp1"])
+    assert cfg.data.max_length == 1024 and cfg.data.prompt.system_message == "Be brief" and cfg.name == "exp1"
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["data.max_length"])
+    with pytest.raises(ConfigError, match="data.max_length"):
+        load_config(path, ["data.max_length=abc"])
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path, tok_dir, monkeypatch):
+    cfg_dir = tmp_path / "project" / "configs"
+    path = write_config(cfg_dir / "c.yaml", {
+        "base_model": str(tok_dir), "output_dir": "../out",
+        "data": {"train": {"data_files": "../data/rows.jsonl"}, "preprocessing_fn": "prep.py:fn"}})
+    monkeypatch.chdir(tmp_path)  # somewhere else entirely
+    cfg = load_config(path)
+    assert Path(cfg.data.train.data_files) == cfg_dir.resolve() / "../data/rows.jsonl"
+    assert Path(cfg.output_dir) == cfg_dir.resolve() / "../out"
+    assert cfg.data.preprocessing_fn == f"{cfg_dir.resolve() / 'prep.py'}:fn"
+
+
+def test_hub_ids_and_urls_are_left_alone(tmp_path):
+    path = write_config(tmp_path / "c.yaml", {"base_model": "gpt2", "data": {"train": {"path": "json", "data_files": "s3://bucket/x.jsonl"}}})
+    cfg = load_config(path)
+    assert cfg.base_model == "gpt2" and cfg.data.train.data_files == "s3://bucket/x.jsonl"
+
+
+def test_cli_exit_2_with_one_message_no_traceback(tmp_path, tok_dir, capsys):
+    cfg = write_config(tmp_path / "c.yaml", base_cfg(tok_dir, max_lenght=12))
+    assert main(["prep", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunesmith: error:") and "max_length" in err and "Traceback" not in err
+    with pytest.raises(ConfigError):
+        main(["--debug", "prep", str(cfg)])
+
+
+def test_eval_source_and_validation_split_are_exclusive(tmp_path, tok_dir):
+    write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "response": "b"}])
+    cfg = write_config(tmp_path / "c.yaml", base_cfg(tok_dir, validation_split=0.1, eval={"data_files": "rows.jsonl"}))
+    with pytest.raises(ConfigError, match="either `eval`"):
+        load_config(cfg)
