@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from helpers import train_tokenizer  # noqa: E402
+from helpers import make_tiny_llama, train_tokenizer  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -29,3 +29,9 @@ def bos_tok_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, bos_tok_dir) -> Path:
+    """Random-init Llama (2 layers, hidden 64) with the BOS-adding tokenizer."""
+    return make_tiny_llama(bos_tok_dir, tmp_path_factory.mktemp("tiny_llama"))

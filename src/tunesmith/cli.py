@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     with_config("prep", "prepare (render, tokenize, mask) the data and write it to disk")
+    with_config("train", "fine-tune base_model on the prepared data")
+    with_config("run", "prep, then train: the whole job from one config")
     pv = with_config("preview", "print rendered examples with the trained tokens highlighted")
     pv.add_argument("-n", type=int, default=3, help="how many rows to show")
     return p
@@ -47,10 +49,24 @@ def run_command(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.seed_compat:
+        print("tunesmith: read a seed-style (two-step workflow) config; translated:", file=sys.stderr)
+        for note in cfg.seed_compat:
+            print(f"  - {note}", file=sys.stderr)
     if args.command == "prep":
         from tunesmith.data.prepare import prepare
 
         prepare(cfg)
+    elif args.command in ("train", "run"):
+        from tunesmith.train.arguments import check_training_keys
+        from tunesmith.train.run import train
+
+        check_training_keys(cfg.training)  # before spending time on data preparation
+        if args.command == "run":
+            from tunesmith.data.prepare import prepare
+
+            prepare(cfg)
+        train(cfg)
     elif args.command == "preview":
         from tunesmith.data.preview import preview
 

@@ -138,6 +138,8 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
     cfg.tokenizer = resolve_path(cfg.tokenizer, base, must_exist=True)
     if cfg.output_dir:
         cfg.output_dir = resolve_path(cfg.output_dir, base)
+    cfg.train_data = resolve_path(cfg.train_data, base)
+    cfg.eval_data = resolve_path(cfg.eval_data, base)
     d = cfg.data
     d.output = resolve_path(d.output, base)
     d.preprocessing_fn = _resolve_callable(d.preprocessing_fn, base)

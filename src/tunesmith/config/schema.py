@@ -115,7 +115,7 @@ class PromptFormatConfig(Strict):
 
 
 class DataConfig(Strict):
-    train: SourceConfig
+    train: SourceConfig | None = Field(None, description="required by `tunesmith prep`")
     eval: SourceConfig | None = None
     validation_split: float | None = Field(None, gt=0, lt=1)
     seed: int = 42
@@ -156,7 +156,9 @@ class Config(Strict):
     base_model: str = Field(description="Hub id, local folder, or .gguf file; the tokenizer comes from here")
     tokenizer: str | None = Field(None, description="tokenizer to use instead of base_model's")
     output_dir: str | None = Field(None, description="default: outputs/<name> in the working directory")
-    data: DataConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    train_data: str | None = Field(None, description="prepared data to train on; default: data.output")
+    eval_data: str | None = Field(None, description="prepared eval data, when prepared separately")
     model: "ModelConfig" = Field(default_factory=lambda: ModelConfig())
     training: dict[str, Any] = Field(default_factory=dict, description="any transformers TrainingArguments field")
     seed_compat: list[str] = Field(default_factory=list, exclude=True, description="notes on translated seed-style keys")

@@ -31,4 +31,4 @@ class ModelConfig(_Strict):
     merge: bool = Field(False, description="LoRA: also write merged/ (adapter folded into the base weights)")
     resume: Literal["auto", "never"] | str = Field("never", description="auto: continue from the latest checkpoint; or a checkpoint folder")
     early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without improvement before stopping")
-    upload_to: str | None = Field(None, description="fsspec URL to copy the output folder to when training ends")
+    upload_to: list[str] = Field(default_factory=list, description="fsspec URLs to copy the output folder to when training ends")

@@ -20,7 +20,7 @@ from tunesmith.data.sources import import_callable, load_source
 from tunesmith.data.tokenize import load_tokenizer, specials_of
 from tunesmith.data.identity import tokenizer_identity
 from tunesmith.data.write import write_prepared
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 
 AUTO_PROC_MIN_ROWS = 20_000  # below this, starting worker processes costs more than it saves
 
@@ -36,6 +36,8 @@ def prepare(cfg: Config, quiet: bool = False) -> dict:
         check_has_template(tokenizer)
     preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
 
+    if d.train is None:
+        raise ConfigError("data.train: required key is missing", "say where the training rows come from, e.g. {data_files: train.jsonl}")
     raw = {"train": with_row_index(load_source(d.train, "data.train"))}
     if d.eval is not None:
         raw["eval"] = with_row_index(load_source(d.eval, "data.eval"))
@@ -49,7 +51,8 @@ def prepare(cfg: Config, quiet: bool = False) -> dict:
             raise DataError(f"data.{split}: the source has no rows")
         row_format = dataset_format(d.format, ds.column_names, d.columns, preprocess is not None)
         processor = RowProcessor(d, tokenizer, specials, fmt, row_format, preprocess)
-        num_proc = d.num_proc or (os.cpu_count() if len(ds) >= AUTO_PROC_MIN_ROWS else None)
+        num_proc = d.num_proc or (os.cpu_count() if len(ds) >= AUTO_PROC_MIN_ROWS else 1)
+        num_proc = num_proc if num_proc > 1 else None  # num_proc=1 would still start a worker process
         if quiet:
             disable_progress_bars()
         try:

@@ -11,6 +11,7 @@ from tunesmith.data.chat_template import check_has_template
 from tunesmith.data.prompts import CHAT_TEMPLATE, resolve_format
 from tunesmith.data.rows import ROW, RowProcessor, dataset_format
 from tunesmith.data.sources import import_callable, load_source
+from tunesmith.errors import ConfigError
 from tunesmith.data.tokenize import IGNORE, encode_batch, fit_length, load_tokenizer, specials_of
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # marks trained text when colour is off
@@ -25,6 +26,8 @@ def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dic
     if fmt == CHAT_TEMPLATE:
         check_has_template(tokenizer)
     preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
+    if d.train is None:
+        raise ConfigError("data.train: required key is missing", "preview shows rows of the training source")
     ds = load_source(d.train, "data.train")
     ds = ds.select(range(min(n, len(ds))))
     processor = RowProcessor(d, tokenizer, specials, fmt, dataset_format(d.format, ds.column_names, d.columns, preprocess is not None), preprocess)

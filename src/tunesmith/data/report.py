@@ -11,8 +11,9 @@ SAMPLE_ROWS = 5  # row indices listed per reason
 
 def split_report(ds: Dataset) -> dict:
     """Statistics of one processed split, from the status columns that rows.py writes."""
-    cols = ds.select_columns(["_row", "_status", "_cut", "_error", "_prompt_tokens", "_trained_tokens", "_trailing_removed"])
-    arr = {c: np.asarray(cols[c]) for c in cols.column_names}
+    names = ["_row", "_status", "_cut", "_error", "_prompt_tokens", "_trained_tokens", "_trailing_removed"]
+    table = ds.select_columns(names).with_format("arrow")[:]  # whole columns at once, not row by row
+    arr = {c: table.column(c).to_numpy(zero_copy_only=False) for c in names}
     rows, status = arr["_row"], arr["_status"]
     kept = status == "ok"
     dropped = {}

@@ -78,7 +78,7 @@ class RowProcessor:
                 enc = fit_length(ids, labels, self.data.max_length, self.data.overlength, self.specials, status[ROW][i])
                 ids, labels, cut = enc.input_ids, enc.labels, enc.cut
                 enc_status = enc.drop or "ok"
-            trained = sum(1 for label in labels if label != IGNORE)
+            trained = len(labels) - labels.count(IGNORE)  # list.count runs in C
             out["input_ids"].append(ids)
             out["labels"].append(labels)
             out["attention_mask"].append([1] * len(ids))

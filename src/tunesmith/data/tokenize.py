@@ -53,10 +53,34 @@ class Encoded:
     drop: str = ""  # reason the row cannot be used, "" when kept
 
 
+PROBE = "Hello <s> wörld</s>\n  x<|im_end|> 12345"
+
+
+def ids_of_texts(tok: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of many texts, no special tokens added. Calls the Rust tokenizer directly when it
+    gives the same ids as the transformers wrapper (it skips offset bookkeeping: ~20% faster)."""
+    if not texts:
+        return []
+    if _backend_matches(tok):
+        return [e.ids for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    return tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def _backend_matches(tok: PreTrainedTokenizerBase) -> bool:
+    cached = getattr(tok, "_tunesmith_backend_ok", None)
+    if cached is None:
+        backend = getattr(tok, "backend_tokenizer", None)
+        probe = [PROBE, " " + PROBE, (tok.eos_token or "") + "a"]
+        cached = (backend is not None and hasattr(backend, "encode_batch_fast")
+                  and [e.ids for e in backend.encode_batch_fast(probe, add_special_tokens=False)]
+                  == tok(probe, add_special_tokens=False)["input_ids"])
+        tok._tunesmith_backend_ok = cached
+    return cached
+
+
 def encode_batch(batch: list[list[Segment]], tok: PreTrainedTokenizerBase, sp: Specials) -> list[tuple[list[int], list[int]]]:
     """Segments of many examples -> (input_ids, labels) each; one tokenizer call for the batch."""
-    flat = [text for segments in batch for text, _ in segments]
-    ids_flat = tok(flat, add_special_tokens=False)["input_ids"] if flat else []
+    ids_flat = ids_of_texts(tok, [text for segments in batch for text, _ in segments])
     out, k = [], 0
     for segments in batch:
         ids: list[int] = []
@@ -95,8 +119,8 @@ def fit_length(ids: list[int], labels: list[int], max_length: int, policy: str, 
             enc.drop = "too_long"
             return enc
         enc = _truncate(ids, labels, max_length, sp)
-    if not any(label != IGNORE for label in enc.labels):
-        enc.drop = enc.drop or "no_trained_tokens"
+    if not enc.drop and enc.labels.count(IGNORE) == len(enc.labels):
+        enc.drop = "no_trained_tokens"
     return enc
 
 

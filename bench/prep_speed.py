@@ -1,0 +1,94 @@
+"""Data preparation speed: `tunesmith prep` against a plain batched `datasets.map` (same tokenizer).
+
+Both sides do the whole job: read the JSONL, tokenize, save to disk. The plain map tokenizes
+prompt+response in one call and computes no labels; tunesmith also renders, masks, checks
+lengths and writes the report. Prints tokens/s for each and the ratio.
+
+    .venv/bin/python bench/prep_speed.py [--rows 100000] [--tokenizer PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from datasets import disable_progress_bars, load_dataset
+
+from tunesmith.config.load import validate
+from tunesmith.data.prepare import prepare
+from tunesmith.data.tokenize import load_tokenizer
+
+DOLLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "dolly_hhrlhf" / "train.jsonl"
+
+
+def make_data(rows: int, folder: Path) -> Path:
+    lines = DOLLY.read_text().splitlines()
+    path = folder / "dolly_repeated.jsonl"
+    with open(path, "w") as f:
+        for i in range(rows):
+            f.write(lines[i % len(lines)] + "\n")
+    return path
+
+
+def plain_map(data: Path, tokenizer_ref: str, out: Path, num_proc: int | None) -> tuple[float, int]:
+    start = time.perf_counter()
+    tok = load_tokenizer(tokenizer_ref)
+    ds = load_dataset("json", data_files=str(data), split="train")
+
+    def tokenize(batch):
+        return tok([p + r for p, r in zip(batch["prompt"], batch["response"])])
+
+    ds = ds.map(tokenize, batched=True, num_proc=num_proc, remove_columns=ds.column_names, load_from_cache_file=False)
+    ds.save_to_disk(str(out))
+    seconds = time.perf_counter() - start
+    return seconds, sum(len(x) for x in ds["input_ids"])
+
+
+def tunesmith_prep(data: Path, tokenizer_ref: str, out: Path, num_proc: int | None) -> tuple[float, int]:
+    cfg = validate({"base_model": tokenizer_ref, "output_dir": str(out),
+                    "data": {"train": {"data_files": str(data)}, "max_length": 4096, "num_proc": num_proc}})
+    start = time.perf_counter()
+    report = prepare(cfg, quiet=True)
+    return time.perf_counter() - start, report["splits"]["train"]["tokens"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--tokenizer", default=None, help="default: the demo model's (SmolLM2) tokenizer")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each side, interleaved; the best counts")
+    args = ap.parse_args()
+    if args.tokenizer is None:
+        from tunesmith.demo_model import demo_model_path
+
+        args.tokenizer = str(demo_model_path())
+    disable_progress_bars()
+    cores = os.cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = make_data(args.rows, tmp)
+        results = {}
+        for _ in range(args.rounds):  # interleaved, so a slow spell on a shared machine hits both sides
+            for name, fn, procs in (("datasets.map (1 process)", plain_map, None),
+                                    (f"datasets.map ({cores} processes)", plain_map, cores),
+                                    ("tunesmith prep (default)", tunesmith_prep, None)):
+                seconds, tokens = fn(data, args.tokenizer, tmp / "out", procs)
+                shutil.rmtree(tmp / "out", ignore_errors=True)
+                if name not in results or seconds < results[name]["seconds"]:
+                    results[name] = {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds)}
+    base = max(r["tokens_per_s"] for n, r in results.items() if n.startswith("datasets.map"))
+    print(f"\n{args.rows:,} dolly rows, tokenizer {Path(args.tokenizer).name}, {cores} cores, best of {args.rounds}")
+    print("each side: read JSONL + load tokenizer + tokenize + save to disk (tunesmith also masks, checks, reports)\n")
+    print(f"{'':32} {'seconds':>8} {'tokens':>12} {'tokens/s':>10} {'vs best plain map':>18}")
+    for name, r in results.items():
+        print(f"{name:32} {r['seconds']:8.1f} {r['tokens']:12,} {r['tokens_per_s']:10,} {r['tokens_per_s'] / base:17.2f}x")
+    json.dump(results, sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Generate with the training template: the prompt's token ids come from the same render and
+tokenize path as the masked part of a training row, so the model sees at inference exactly
+what it learned from. Stops at EOS and at the format's stop strings; batched, left-padded."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tunesmith.config.schema import Config
+from tunesmith.data.chat_template import check_has_template, render_with_template
+from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
+from tunesmith.data.prompts import CHAT_TEMPLATE, example_to_turns, render_turns, resolve_format, select_trained
+from tunesmith.data.sources import import_callable
+from tunesmith.data.tokenize import Specials, ids_of_texts, specials_of
+
+PLACEHOLDER = "\x00answer\x00"  # stands in for the answer; only the text before it is used
+
+
+class PromptEncoder:
+    """Rows (any format the data step reads) -> prompt token ids, and the expected answer if present."""
+
+    def __init__(self, cfg: Config, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.specials: Specials = specials_of(tokenizer)
+        self.fmt = resolve_format(cfg.data.prompt_format, self.specials.bos_text, self.specials.eos_text)
+        if self.fmt == CHAT_TEMPLATE:
+            check_has_template(tokenizer)
+        fn = cfg.data.preprocessing_fn
+        self.preprocess = import_callable(fn, "data.preprocessing_fn") if fn else None
+
+    def example(self, row: dict[str, Any], index: int = 0) -> dict:
+        if self.preprocess is not None:
+            row = apply_preprocessing(row, self.preprocess, self.cfg.data.preprocessing_fn, index)
+        row = rename_columns(row, self.cfg.data.columns)
+        if "messages" in row and row["messages"] and row["messages"][-1]["role"] != "assistant":
+            row = {**row, "messages": [*row["messages"], {"role": "assistant", "content": PLACEHOLDER}]}
+        for key in ("response", "completion"):
+            if key in row and not row[key]:
+                row = {**row, key: PLACEHOLDER}
+        if "prompt" in row and not any(k in row for k in ("response", "completion")):
+            row = {**row, "response": PLACEHOLDER}
+        if "input" in row and "response" not in row:
+            row = {**row, "response": PLACEHOLDER}
+        fmt = self.cfg.data.format if self.cfg.data.format != "auto" else detect_format([k for k, v in row.items() if v is not None])
+        return normalize(row, fmt, index)
+
+    def encode(self, row: dict[str, Any], index: int = 0) -> tuple[list[int], str | None]:
+        example = self.example(row, index)
+        answer = example["response"] if example["kind"] == "input" else example["messages"][-1]["content"]
+        turns = select_trained(example_to_turns(example, self.cfg.data.prompt), "last")
+        if self.fmt == CHAT_TEMPLATE:
+            segments = render_with_template(turns, self.tokenizer, False, index)
+        else:
+            segments = render_turns(turns, self.fmt, False)
+        last_trained = max(i for i, (_, trained) in enumerate(segments) if trained)
+        prompt = "".join(text for text, _ in segments[:last_trained])
+        ids = ids_of_texts(self.tokenizer, [prompt])[0] if prompt else []
+        if self.specials.adds_bos and (not ids or ids[0] != self.specials.bos_id):
+            ids.insert(0, self.specials.bos_id)
+        return ids, (None if answer == PLACEHOLDER else answer)
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [] if isinstance(self.fmt, str) else [s for s in self.fmt.stop if s]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, encoder: PromptEncoder, rows: list[dict], max_new_tokens: int = 64,
+             batch_size: int = 8, **gen_kwargs) -> list[str]:
+    """Greedy by default; returns the generated answers with stop strings removed."""
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    outputs: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        prompts = [encoder.encode(r, start + i)[0] for i, r in enumerate(rows[start:start + batch_size])]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            attention[i, width - len(p):] = 1
+        stop = encoder.stop_strings
+        generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                   eos_token_id=tokenizer.eos_token_id,
+                                   **({"stop_strings": stop, "tokenizer": tokenizer} if stop else {}), **gen_kwargs)
+        for row in generated[:, width:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[:row.index(tokenizer.eos_token_id)]
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            outputs.append(cut_at_stop(text, stop))
+    return outputs
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    for s in stops:
+        if s in text:
+            text = text[:text.index(s)]
+    return text

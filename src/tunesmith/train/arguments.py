@@ -1,0 +1,72 @@
+"""`training:` in the YAML -> transformers.TrainingArguments, with defaults that suit the device."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from tunesmith.config.schema import Config
+from tunesmith.errors import ConfigError
+
+OWNED = {"output_dir": "top-level output_dir", "resume_from_checkpoint": "model.resume"}
+
+
+def valid_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def check_training_keys(training: dict) -> None:
+    """Unknown keys fail before any work starts, with the closest valid name."""
+    valid = valid_fields()
+    problems = []
+    for key in training:
+        if key in OWNED:
+            problems.append(f"  training.{key}: set by tunesmith; use {OWNED[key]}")
+        elif key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+            tip = f"did you mean '{close[0]}'?" if close else "not a TrainingArguments field in this transformers version"
+            problems.append(f"  training.{key}: unknown key; {tip}")
+    if problems:
+        raise ConfigError("invalid config\n" + "\n".join(problems))
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def default_bf16() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_supports_bf16()
+
+
+def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
+    check_training_keys(cfg.training)
+    user = dict(cfg.training)
+    lora = cfg.model.method in ("lora", "qlora")
+    defaults = dict(
+        per_device_train_batch_size=8, per_device_eval_batch_size=8, num_train_epochs=1,
+        learning_rate=2e-4 if lora else 2e-5, warmup_steps=0, logging_steps=10,
+        save_strategy="steps", save_steps=500, save_total_limit=2,
+        eval_strategy="steps" if has_eval else "no", report_to="none",
+        bf16=default_bf16(), use_cpu=not torch.cuda.is_available(), seed=cfg.data.seed, remove_unused_columns=False, dataloader_num_workers=0,
+    )
+    if has_eval:
+        defaults["eval_steps"] = user.get("logging_steps", defaults["logging_steps"]) * 5
+    if cfg.model.early_stopping_patience:
+        if not has_eval:
+            raise ConfigError("model.early_stopping_patience needs an eval set", "set data.eval or data.validation_split")
+        defaults.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+        defaults["save_steps"] = user.get("eval_steps", defaults["eval_steps"])  # saves must line up with evals
+    merged = {**defaults, **user, "output_dir": str(Path(cfg.resolved_output_dir()) / "checkpoints")}
+    try:
+        return TrainingArguments(**merged)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"training: {e}") from None

@@ -1,0 +1,106 @@
+"""What a run leaves behind: final/, merged/, loss.png, run_config.yaml, summary.json, and an upload."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from transformers import GenerationConfig
+
+from tunesmith.config.schema import Config
+from tunesmith.errors import ConfigError
+from tunesmith.train.metrics import read_metrics
+
+
+def save_final(model, tokenizer, out: Path, cfg: Config) -> Path:
+    """The trained model (or LoRA adapter) with its tokenizer and generation config, atomically."""
+    final = out / "final"
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    generation_config(model, tokenizer).save_pretrained(tmp)
+    if cfg.model.method in ("lora", "qlora"):
+        (tmp / "tunesmith_base_model.txt").write_text(cfg.base_model + "\n")
+    _replace(tmp, final)
+    return final
+
+
+def save_merged(model, tokenizer, out: Path) -> Path:
+    """LoRA folded into the base weights: a plain model folder."""
+    merged_model = model.merge_and_unload()
+    merged = out / "merged"
+    tmp = out / ".merged.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged_model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    generation_config(merged_model, tokenizer).save_pretrained(tmp)
+    _replace(tmp, merged)
+    return merged
+
+
+def generation_config(model, tokenizer) -> GenerationConfig:
+    gc = GenerationConfig.from_model_config(model.config) if model.generation_config is None else model.generation_config
+    gc = GenerationConfig(**{k: v for k, v in gc.to_dict().items() if not k.startswith("_")})
+    gc.eos_token_id = tokenizer.eos_token_id
+    gc.pad_token_id = tokenizer.pad_token_id
+    gc.bos_token_id = tokenizer.bos_token_id
+    return gc
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def write_run_config(cfg: Config, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def plot_losses(metrics_path: Path, png: Path) -> Path | None:
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (per trained token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def upload(out: Path, urls: list[str]) -> None:
+    """Copy the output folder (checkpoints excluded) to each fsspec URL."""
+    import fsspec
+
+    for url in urls:
+        try:
+            fs, root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as e:
+            raise ConfigError(f"model.upload_to: cannot open {url!r}: {e}", "install the fsspec backend, e.g. s3fs") from None
+        for path in out.rglob("*"):
+            if path.is_file() and "checkpoints" not in path.relative_to(out).parts:
+                target = f"{root.rstrip('/')}/{path.relative_to(out).as_posix()}"
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                fs.put_file(str(path), target)

@@ -1,0 +1,100 @@
+"""Base model (Hub id, folder or .gguf) + the method: full fine-tuning, LoRA, or QLoRA."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from tunesmith.config.schema import Config
+from tunesmith.errors import ModelError
+from tunesmith.modelref import split_gguf
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`auto`: bf16 on a GPU that supports it, else fp32 weights (CPU bf16 is autocast, see arguments.py)."""
+    if name != "auto":
+        return DTYPES[name]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    m = cfg.model
+    path, extra = split_gguf(cfg.base_model)
+    kwargs = dict(dtype=resolve_dtype(m.dtype), attn_implementation=m.attn_implementation,
+                  trust_remote_code=m.trust_remote_code, **extra)
+    if m.method == "qlora":
+        kwargs["quantization_config"] = _bnb_config(m.quantization_bits, kwargs["dtype"])
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelError(f"cannot load base_model {cfg.base_model!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                         "use a local folder, a .gguf file, or a Hub id when the Hub is reachable; "
+                         "attn_implementation flash_attention_2 needs the flash-attn package") from None
+    if extra:  # GGUF: transformers dequantizes but marks the model quantized, so Trainer and save refuse it
+        model = dequantized_copy(model, kwargs["dtype"])
+    if tokenizer.pad_token_id is None:
+        # Safe with tunesmith's data: labels are set at prep time, so padding never masks a real EOS.
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if m.method in ("lora", "qlora"):
+        model = add_lora(model, cfg)
+    return model
+
+
+def dequantized_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
+    """The same architecture and weights as a plain model (no quantization_config)."""
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    real_missing = [k for k in missing if k not in getattr(plain, "_tied_weights_keys", {}) and "lm_head" not in k]
+    if real_missing or unexpected:
+        raise ModelError(f"GGUF weights do not fit the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+    plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain
+
+
+def _bnb_config(bits: int, compute_dtype: torch.dtype):
+    if not torch.cuda.is_available():
+        raise ModelError("model.method qlora needs a CUDA GPU (bitsandbytes 4/8-bit kernels); none is available",
+                         "use model.method: lora on this machine, or run on a GPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError("model.method qlora needs the bitsandbytes package", "pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def lora_targets(model: PreTrainedModel) -> list[str]:
+    """Every distinct linear layer name inside the transformer blocks (the QLoRA paper's choice)."""
+    names = set()
+    for name, module in model.named_modules():
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+        if is_linear and "lm_head" not in name and "embed" not in name:
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def add_lora(model: PreTrainedModel, cfg: Config):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    lc = cfg.model.lora
+    if cfg.model.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.training.get("gradient_checkpointing")))
+    targets = lc.target_modules or lora_targets(model)
+    peft_config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                             task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, peft_config)

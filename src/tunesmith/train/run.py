@@ -1,0 +1,116 @@
+"""The fine-tuning recipe, top to bottom:
+
+    prepared data -> tokenizer check -> model (+LoRA) -> TrainingArguments -> Trainer -> artifacts
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import EarlyStoppingCallback, Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from tunesmith.config.schema import Config
+from tunesmith.data.identity import same_tokenizer, tokenizer_identity
+from tunesmith.data.prepare import load_prepared
+from tunesmith.data.tokenize import load_tokenizer
+from tunesmith.data.write import read_meta
+from tunesmith.errors import ConfigError, ModelError
+from tunesmith.train import artifacts
+from tunesmith.train.arguments import check_training_keys, training_arguments
+from tunesmith.train.collate import PadCollator
+from tunesmith.train.metrics import MetricsCallback
+from tunesmith.train.model import load_model
+
+TRAIN_COLUMNS = ["input_ids", "labels"]
+
+
+def train(cfg: Config) -> dict:
+    start = time.perf_counter()
+    check_training_keys(cfg.training)  # fail on a typo before loading anything
+    out = Path(cfg.resolved_output_dir())
+    set_seed(cfg.data.seed)
+
+    # Data: what `tunesmith prep` wrote, checked against the tokenizer we are about to use.
+    data_dir = cfg.train_data or cfg.resolved_data_dir()
+    prepared = load_prepared(data_dir)
+    train_ds = prepared["train"]
+    eval_ds = load_prepared(cfg.eval_data)["train"] if cfg.eval_data else prepared.get("eval")
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
+    check_same_tokenizer(read_meta(data_dir), tokenizer, data_dir)
+
+    # Model and Trainer.
+    model = load_model(cfg, tokenizer)
+    args = training_arguments(cfg, has_eval=eval_ds is not None)
+    collator = PadCollator(pad_id=tokenizer.pad_token_id)
+    metrics = MetricsCallback(out / "metrics.jsonl", collator)
+    callbacks = [metrics]
+    if cfg.model.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.model.early_stopping_patience))
+    trainer = Trainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
+                      train_dataset=train_ds.select_columns(TRAIN_COLUMNS),
+                      eval_dataset=eval_ds.select_columns(TRAIN_COLUMNS) if eval_ds is not None else None,
+                      callbacks=callbacks)
+
+    resume = resume_point(cfg.model.resume, args.output_dir)
+    if resume is None and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+    artifacts.write_run_config(cfg, out)
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    # Artifacts.
+    final = artifacts.save_final(trainer.model, tokenizer, out, cfg)
+    merged = artifacts.save_merged(trainer.model, tokenizer, out) if cfg.model.merge and cfg.model.method != "full" else None
+    eval_loss = final_eval_loss(trainer, metrics.records) if eval_ds is not None else None
+    artifacts.plot_losses(out / "metrics.jsonl", out / "loss.png")
+    losses = [r["loss"] for r in metrics.records if "loss" in r]
+    seconds = time.perf_counter() - start
+    summary = {
+        "output_dir": str(out), "final": str(final), "merged": str(merged) if merged else None,
+        "resumed_from": resume, "steps": trainer.state.global_step, "wall_seconds": round(seconds, 1),
+        "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+        "trained_tokens": collator.trained_tokens,
+        "trained_tokens_per_second": round(collator.trained_tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9), 1),
+        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        "train_loss": result.metrics.get("train_loss"), "eval_loss": eval_loss,
+        "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
+    }
+    artifacts.write_summary(out, summary)
+    if cfg.model.upload_to:
+        artifacts.upload(out, cfg.model.upload_to)
+    print(f"tunesmith: trained {summary['steps']} steps in {summary['wall_seconds']}s; model in {final}", file=sys.stderr)
+    return summary
+
+
+def final_eval_loss(trainer: Trainer, records: list[dict]) -> float:
+    """The eval loss of the final weights; evaluates only if the last logged eval is older."""
+    last = next((r for r in reversed(records) if "eval_loss" in r), None)
+    if last is not None and last["step"] == trainer.state.global_step and not trainer.args.load_best_model_at_end:
+        return last["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
+def check_same_tokenizer(meta: dict | None, tokenizer, data_dir: str) -> None:
+    if meta is None:
+        return  # data prepared by another tool: nothing recorded to compare
+    diffs = same_tokenizer(meta["tokenizer"], tokenizer_identity(tokenizer))
+    if diffs:
+        raise ModelError(f"{data_dir} was prepared with a different tokenizer ({meta['tokenizer']['name_or_path']}): "
+                         + "; ".join(diffs), "run `tunesmith prep` again with this base_model, or train the model the data was made for")
+
+
+def resume_point(resume: str, checkpoints: str) -> str | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return get_last_checkpoint(checkpoints) if Path(checkpoints).is_dir() else None
+    if not Path(resume).is_dir():
+        raise ConfigError(f"model.resume: checkpoint folder {resume!r} not found", "use auto, never, or a checkpoint-N folder")
+    return resume
