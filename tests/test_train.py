@@ -202,3 +202,15 @@ def test_train_before_prep_says_what_to_do(tmp_path, tiny_llama, capsys):
     assert main(["train", str(setup_run(tmp_path, tiny_llama))]) == 2
     err = capsys.readouterr().err
     assert "prepared data not found" in err and "run `tunesmith prep CONFIG` first" in err
+
+
+def test_resume_skips_checkpoints_cut_short_while_saving(tmp_path, capsys):
+    from tunesmith.train.run import latest_complete_checkpoint
+
+    for step, state in ((5, "{}"), (10, "{}"), (15, None), (20, '{"trunc')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert "skipping checkpoint-20" in capsys.readouterr().err
+    assert latest_complete_checkpoint(tmp_path / "none") is None

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import resource
 import sys
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from tunesmith.config.schema import Config
 from tunesmith.data.identity import same_tokenizer, tokenizer_identity
@@ -97,6 +97,19 @@ def final_eval_loss(trainer: Trainer, records: list[dict]) -> float:
     return trainer.evaluate()["eval_loss"]
 
 
+def latest_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that finished saving. The Trainer writes trainer_state.json last, so a
+    run killed mid-save leaves a folder without it (or with it cut short): skip such folders."""
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1)
+    for ckpt in reversed(found):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            print(f"tunesmith: skipping {ckpt.name}: incomplete (the run stopped while saving it)", file=sys.stderr)
+    return None
+
+
 def check_same_tokenizer(meta: dict | None, tokenizer, data_dir: str) -> None:
     if meta is None:
         return  # data prepared by another tool: nothing recorded to compare
@@ -110,7 +123,7 @@ def resume_point(resume: str, checkpoints: str) -> str | None:
     if resume == "never":
         return None
     if resume == "auto":
-        return get_last_checkpoint(checkpoints) if Path(checkpoints).is_dir() else None
+        return latest_complete_checkpoint(Path(checkpoints))
     if not Path(resume).is_dir():
         raise ConfigError(f"model.resume: checkpoint folder {resume!r} not found", "use auto, never, or a checkpoint-N folder")
     return resume
