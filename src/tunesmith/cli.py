@@ -28,6 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     with_config("run", "prep, then train: the whole job from one config")
     pv = with_config("preview", "print rendered examples with the trained tokens highlighted")
     pv.add_argument("-n", type=int, default=3, help="how many rows to show")
+    ev = with_config("eval", "eval loss/perplexity, exact match, ROUGE-L, multiple-choice accuracy")
+    ev.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
+    ev.add_argument("--label", help="name for this model in the table and eval/ folder")
+    ev.add_argument("--max-rows", type=int, help="evaluate at most this many held-out rows")
+    ev.add_argument("--max-new-tokens", type=int, default=48)
+    gen = with_config("generate", "answer prompts (JSON rows or plain lines, from a file or stdin)")
+    gen.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
+    gen.add_argument("--prompts", default="-", help="file of prompts, one per line; - for stdin")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    mg = with_config("merge", "fold a LoRA adapter into its base model and save a plain model folder")
+    mg.add_argument("--adapter", help="adapter folder (default: <output_dir>/final)")
+    mg.add_argument("--out", help="where to write (default: <output_dir>/merged)")
+    dm = sub.add_parser("demo", help="fine-tune the demo model on ARC-Easy and show before/after")
+    dm.add_argument("config", nargs="?", help="default: examples/arc_easy/cpu.yaml")
+    dm.add_argument("overrides", nargs="*")
+    dm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return p
 
 
@@ -48,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
 
+    if args.command == "demo":
+        from tunesmith.demo import run_demo
+
+        run_demo(args.config, args.overrides)
+        return 0
     cfg = load_config(args.config, args.overrides)
     if cfg.seed_compat:
         print("tunesmith: read a seed-style (two-step workflow) config; translated:", file=sys.stderr)
@@ -71,6 +92,18 @@ def run_command(args: argparse.Namespace) -> int:
         from tunesmith.data.preview import preview
 
         preview(cfg, n=args.n)
+    elif args.command == "eval":
+        from tunesmith.infer.evaluate import evaluate
+
+        evaluate(cfg, args.model, args.label, args.max_rows, args.max_new_tokens)
+    elif args.command == "generate":
+        from tunesmith.infer.generate import run_generate
+
+        run_generate(cfg, args.model, args.prompts, args.max_new_tokens)
+    elif args.command == "merge":
+        from tunesmith.infer.merge import merge
+
+        print(merge(cfg, args.adapter, args.out))
     return 0
 
 

@@ -118,7 +118,7 @@ def resolve_path(value: str | None, base: Path, must_exist: bool = False) -> str
     candidate = base / p
     if must_exist and not candidate.exists():
         return value  # a Hub id or builder name, not a path
-    return str(candidate)
+    return os.path.normpath(candidate)
 
 
 def _resolve_callable(spec: str | None, base: Path) -> str | None:

@@ -36,14 +36,7 @@ def prepare(cfg: Config, quiet: bool = False) -> dict:
         check_has_template(tokenizer)
     preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
 
-    if d.train is None:
-        raise ConfigError("data.train: required key is missing", "say where the training rows come from, e.g. {data_files: train.jsonl}")
-    raw = {"train": with_row_index(load_source(d.train, "data.train"))}
-    if d.eval is not None:
-        raw["eval"] = with_row_index(load_source(d.eval, "data.eval"))
-    elif d.validation_split:
-        parts = raw["train"].train_test_split(test_size=d.validation_split, seed=d.seed, shuffle=True)
-        raw = {"train": parts["train"], "eval": parts["test"]}
+    raw = raw_splits(cfg)
 
     processed, reports = {}, {}
     for split, ds in raw.items():
@@ -84,6 +77,20 @@ def prepare(cfg: Config, quiet: bool = False) -> dict:
     if not quiet:
         print_summary(report)
     return report
+
+
+def raw_splits(cfg: Config) -> dict[str, Dataset]:
+    """The source rows of each split (with their row index), before any rendering."""
+    d = cfg.data
+    if d.train is None:
+        raise ConfigError("data.train: required key is missing", "say where the training rows come from, e.g. {data_files: train.jsonl}")
+    raw = {"train": with_row_index(load_source(d.train, "data.train"))}
+    if d.eval is not None:
+        raw["eval"] = with_row_index(load_source(d.eval, "data.eval"))
+    elif d.validation_split:
+        parts = raw["train"].train_test_split(test_size=d.validation_split, seed=d.seed, shuffle=True)
+        raw = {"train": parts["train"], "eval": parts["test"]}
+    return raw
 
 
 def with_row_index(ds: Dataset) -> Dataset:

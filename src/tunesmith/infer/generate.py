@@ -45,14 +45,17 @@ class PromptEncoder:
         fmt = self.cfg.data.format if self.cfg.data.format != "auto" else detect_format([k for k, v in row.items() if v is not None])
         return normalize(row, fmt, index)
 
+    def segments(self, example: dict, index: int = 0) -> list:
+        """The example rendered as in training, with only its last answer trained."""
+        turns = select_trained(example_to_turns(example, self.cfg.data.prompt), "last")
+        if self.fmt == CHAT_TEMPLATE:
+            return render_with_template(turns, self.tokenizer, False, index)
+        return render_turns(turns, self.fmt, False)
+
     def encode(self, row: dict[str, Any], index: int = 0) -> tuple[list[int], str | None]:
         example = self.example(row, index)
         answer = example["response"] if example["kind"] == "input" else example["messages"][-1]["content"]
-        turns = select_trained(example_to_turns(example, self.cfg.data.prompt), "last")
-        if self.fmt == CHAT_TEMPLATE:
-            segments = render_with_template(turns, self.tokenizer, False, index)
-        else:
-            segments = render_turns(turns, self.fmt, False)
+        segments = self.segments(example, index)
         last_trained = max(i for i, (_, trained) in enumerate(segments) if trained)
         prompt = "".join(text for text, _ in segments[:last_trained])
         ids = ids_of_texts(self.tokenizer, [prompt])[0] if prompt else []
@@ -99,3 +102,41 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
         if s in text:
             text = text[:text.index(s)]
     return text
+
+
+def read_prompts(source: str) -> list[dict]:
+    """One prompt per line: a JSON object (a row in any data format) or plain text (the user's input)."""
+    import json
+    import sys
+
+    from tunesmith.errors import DataError
+
+    lines = sys.stdin.read().splitlines() if source == "-" else open(source, encoding="utf-8").read().splitlines()
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{source}: line {lineno} is not valid JSON: {e.msg}") from None
+        else:
+            rows.append({"prompt": line.replace("\\n", "\n")})
+    return rows
+
+
+def run_generate(cfg: Config, model_path: str | None, prompts: str, max_new_tokens: int) -> list[str]:
+    import json
+
+    from tunesmith.infer.load import load_for_inference
+
+    rows = read_prompts(prompts)
+    model, tokenizer = load_for_inference(cfg, model_path)
+    encoder = PromptEncoder(cfg, tokenizer)
+    if cfg.data.prompt_format == CHAT_TEMPLATE or cfg.data.format == "chat":
+        rows = [{"messages": [{"role": "user", "content": r["prompt"]}]} if set(r) == {"prompt"} else r for r in rows]
+    answers = generate(model, tokenizer, encoder, rows, max_new_tokens=max_new_tokens)
+    for answer in answers:
+        print(json.dumps({"answer": answer}))
+    return answers

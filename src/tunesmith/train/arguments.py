@@ -49,7 +49,8 @@ def default_bf16() -> bool:
 
 def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
     check_training_keys(cfg.training)
-    user = dict(cfg.training)
+    # YAML reads a bare `no` as false: `eval_strategy: no` must still mean "no".
+    user = {k: ("no" if v is False else v) if k.endswith("_strategy") else v for k, v in cfg.training.items()}
     lora = cfg.model.method in ("lora", "qlora")
     defaults = dict(
         per_device_train_batch_size=8, per_device_eval_batch_size=8, num_train_epochs=1,

@@ -13,6 +13,7 @@ class PadCollator:
     pad_id: int
     multiple_of: int = 8
     trained_tokens: int = 0  # loss-bearing tokens handed out so far (for tokens/s)
+    tokens: int = 0  # non-pad tokens handed out so far
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)
@@ -27,4 +28,5 @@ class PadCollator:
             labels[i, :k] = torch.as_tensor(f["labels"])
             attention[i, :k] = 1
         self.trained_tokens += int((labels[:, 1:] != IGNORE).sum())  # position 0 is never predicted
+        self.tokens += int(attention.sum())
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}

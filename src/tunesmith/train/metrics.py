@@ -22,6 +22,7 @@ class MetricsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
         self.collator.trained_tokens = 0
+        self.collator.tokens = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -33,6 +34,7 @@ class MetricsCallback(TrainerCallback):
         if "loss" in logs:
             logs["trained_tokens"] = self.collator.trained_tokens
             logs["trained_tok_per_s"] = round(self.collator.trained_tokens / elapsed, 1) if elapsed else 0.0
+            logs["tok_per_s"] = round(self.collator.tokens / elapsed, 1) if elapsed else 0.0
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "time_s": round(elapsed, 2)}
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
         self.records.append(record)

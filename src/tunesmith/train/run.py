@@ -23,6 +23,7 @@ from tunesmith.errors import ConfigError, ModelError
 from tunesmith.train import artifacts
 from tunesmith.train.arguments import check_training_keys, training_arguments
 from tunesmith.train.collate import PadCollator
+from tunesmith.train.loss import TrainedTokenLossTrainer
 from tunesmith.train.metrics import MetricsCallback
 from tunesmith.train.model import load_model
 
@@ -51,7 +52,7 @@ def train(cfg: Config) -> dict:
     callbacks = [metrics]
     if cfg.model.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.model.early_stopping_patience))
-    trainer = Trainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
+    trainer = TrainedTokenLossTrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
                       train_dataset=train_ds.select_columns(TRAIN_COLUMNS),
                       eval_dataset=eval_ds.select_columns(TRAIN_COLUMNS) if eval_ds is not None else None,
                       callbacks=callbacks)
@@ -75,6 +76,8 @@ def train(cfg: Config) -> dict:
         "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
         "trained_tokens": collator.trained_tokens,
         "trained_tokens_per_second": round(collator.trained_tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9), 1),
+        "tokens": collator.tokens,
+        "tokens_per_second": round(collator.tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9), 1),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "train_loss": result.metrics.get("train_loss"), "eval_loss": eval_loss,
         "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,

@@ -1,0 +1,131 @@
+"""`tunesmith eval`: loss and perplexity on the prepared eval split; on the held-out source rows,
+generation metrics (exact match, ROUGE-L) and, for multiple-choice rows (`choices` + `gold`),
+accuracy by ranking the choices on log-likelihood. Writes predictions.jsonl and prints a table."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.config.schema import Config
+from tunesmith.data.prepare import load_prepared, raw_splits
+from tunesmith.data.rows import ROW
+from tunesmith.data.tokenize import IGNORE, encode_batch
+from tunesmith.infer.generate import PromptEncoder, generate
+from tunesmith.infer.load import load_for_inference
+from tunesmith.infer.metrics import exact_match, rouge_l
+from tunesmith.train.collate import PadCollator
+
+
+def evaluate(cfg: Config, model_path: str | None = None, label: str | None = None, max_rows: int | None = None,
+             max_new_tokens: int = 48, console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    start = time.perf_counter()
+    label = label or ("base" if model_path is None else Path(model_path).name)
+    model, tokenizer = load_for_inference(cfg, model_path)
+    encoder = PromptEncoder(cfg, tokenizer)
+    result: dict = {"label": label, "model": model_path or cfg.base_model}
+
+    prepared = prepared_eval(cfg)
+    if prepared is not None:
+        loss, tokens = token_loss(model, prepared, tokenizer.pad_token_id)
+        result.update(eval_loss=round(loss, 4), perplexity=round(math.exp(min(loss, 50)), 3), eval_tokens=tokens)
+
+    rows = held_out_rows(cfg, max_rows)
+    predictions = []
+    if rows:
+        answers = generate(model, tokenizer, encoder, rows, max_new_tokens=max_new_tokens)
+        for i, (row, answer) in enumerate(zip(rows, answers)):
+            reference = encoder.encode(row, row.get(ROW, i))[1] or ""
+            predictions.append({"row": row.get(ROW, i), "reference": reference, "prediction": answer,
+                                "exact_match": exact_match(answer, reference), "rouge_l": round(rouge_l(answer, reference), 4)})
+        result["exact_match"] = round(sum(p["exact_match"] for p in predictions) / len(predictions), 4)
+        result["rouge_l"] = round(sum(p["rouge_l"] for p in predictions) / len(predictions), 4)
+        if all("choices" in r and "gold" in r for r in rows):
+            correct = 0
+            for row, pred in zip(rows, predictions):
+                scores = choice_scores(model, tokenizer, encoder, row)
+                pred["choice_logprobs"] = [round(s, 3) for s in scores]
+                pred["predicted_choice"] = max(range(len(scores)), key=scores.__getitem__)
+                pred["gold"] = row["gold"]
+                correct += pred["predicted_choice"] == row["gold"]
+            result["choice_accuracy"] = round(correct / len(rows), 4)
+        result["rows"] = len(rows)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+
+    out = Path(cfg.resolved_output_dir()) / "eval" / label
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    print_results([result], console)
+    return result
+
+
+def prepared_eval(cfg: Config):
+    if cfg.eval_data:
+        return load_prepared(cfg.eval_data)["train"]
+    data_dir = cfg.train_data or cfg.resolved_data_dir()
+    if not Path(data_dir).exists():
+        return None
+    return load_prepared(data_dir).get("eval")
+
+
+def held_out_rows(cfg: Config, max_rows: int | None) -> list[dict]:
+    if cfg.data.train is None or (cfg.data.eval is None and not cfg.data.validation_split):
+        return []
+    ds = raw_splits(cfg)["eval"]
+    if max_rows is not None:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    return [dict(r) for r in ds]
+
+
+@torch.no_grad()
+def token_loss(model, ds, pad_id: int, batch_size: int = 8) -> tuple[float, int]:
+    """Mean cross-entropy per trained token over a prepared split."""
+    collate = PadCollator(pad_id)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(ds), batch_size):
+        batch = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        labels = batch["labels"][:, 1:].to(device)
+        total += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum").item()
+        count += int((labels != IGNORE).sum())
+    return (total / count if count else float("nan")), count
+
+
+@torch.no_grad()
+def choice_scores(model, tokenizer, encoder: PromptEncoder, row: dict) -> list[float]:
+    """Sum of log-probabilities of each choice as the answer (its end-of-turn included)."""
+    example = encoder.example(row)
+    segments = [encoder.segments({**example, "response": str(choice)}) for choice in row["choices"]]
+    encoded = encode_batch(segments, tokenizer, encoder.specials)
+    batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": labels} for ids, labels in encoded])
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.float()
+    labels = batch["labels"][:, 1:].to(device)
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+    picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (labels != IGNORE)).sum(-1).tolist()
+
+
+COLUMNS = [("eval_loss", "eval loss", "{:.3f}"), ("perplexity", "perplexity", "{:.2f}"),
+           ("choice_accuracy", "choice accuracy", "{:.1%}"), ("exact_match", "exact match", "{:.1%}"),
+           ("rouge_l", "ROUGE-L", "{:.3f}")]
+
+
+def print_results(results: list[dict], console: Console) -> None:
+    table = Table(title="evaluation" + (f" on {results[0].get('rows')} held-out rows" if results[0].get("rows") else ""))
+    table.add_column("model")
+    shown = [c for c in COLUMNS if any(c[0] in r for r in results)]
+    for _, title, _ in shown:
+        table.add_column(title, justify="right")
+    for r in results:
+        table.add_row(r["label"], *[fmt.format(r[k]) if k in r else "-" for k, _, fmt in shown])
+    console.print(table)

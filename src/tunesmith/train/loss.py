@@ -1,0 +1,55 @@
+"""Loss on trained tokens only: the decoder runs on the whole row, but the vocabulary projection
+(lm_head, the largest matmul for small models with big vocabularies) and the softmax run only at
+positions that carry a label. With prompts masked, that is often under a tenth of the positions.
+
+The loss is summed and divided by `num_items_in_batch` (trained tokens across the gradient
+accumulation steps), which is what the Trainer passes to models that accept loss kwargs, so
+batch 8 and 4x2 accumulation give the same update.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+IGNORE = -100
+# Architectures whose logits are exactly lm_head(last_hidden_state): no soft-capping or scaling.
+SELECTIVE_OK = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
+
+
+def base_causal_lm(model):
+    """The *ForCausalLM inside a PEFT wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_selective_loss(model) -> bool:
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return False  # calling submodules directly would skip DDP's gradient synchronisation
+    lm = base_causal_lm(model)
+    return (getattr(lm.config, "model_type", None) in SELECTIVE_OK and hasattr(lm, "model") and hasattr(lm, "lm_head")
+            and getattr(lm.config, "final_logit_softcapping", None) is None)
+
+
+class TrainedTokenLossTrainer(Trainer):
+    """A Trainer whose loss computes logits at labelled positions only (see module doc)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # we divide by num_items_in_batch ourselves
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or not supports_selective_loss(model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        lm = base_causal_lm(model)
+        labels = inputs["labels"]
+        # Accelerate applies mixed precision by wrapping model.forward; we call the decoder
+        # directly, so enter its autocast context ourselves.
+        with self.accelerator.autocast():
+            hidden = lm.model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                              position_ids=inputs.get("position_ids"), use_cache=False).last_hidden_state
+            targets = labels[:, 1:]
+            keep = targets != IGNORE
+            logits = lm.lm_head(hidden[:, :-1][keep])
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+        return loss / count.to(loss.device) if torch.is_tensor(count) else loss / count
