@@ -64,8 +64,8 @@ def test_relative_paths_resolve_against_config_folder(tmp_path, tok_dir, monkeyp
         "data": {"train": {"data_files": "../data/rows.jsonl"}, "preprocessing_fn": "prep.py:fn"}})
     monkeypatch.chdir(tmp_path)  # somewhere else entirely
     cfg = load_config(path)
-    assert Path(cfg.data.train.data_files) == cfg_dir.resolve() / "../data/rows.jsonl"
-    assert Path(cfg.output_dir) == cfg_dir.resolve() / "../out"
+    assert Path(cfg.data.train.data_files) == (tmp_path / "project" / "data" / "rows.jsonl").resolve()
+    assert Path(cfg.output_dir) == (tmp_path / "project" / "out").resolve()
     assert cfg.data.preprocessing_fn == f"{cfg_dir.resolve() / 'prep.py'}:fn"
 
 
