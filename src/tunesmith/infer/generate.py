@@ -14,7 +14,8 @@ from tunesmith.data.prompts import CHAT_TEMPLATE, example_to_turns, render_turns
 from tunesmith.data.sources import import_callable
 from tunesmith.data.tokenize import Specials, ids_of_texts, specials_of
 
-PLACEHOLDER = "\x00answer\x00"  # stands in for the answer; only the text before it is used
+PLACEHOLDER = "\x00answer\x00"
+PLAIN = "_plain_text"  # marks a prompt read as plain text (no preprocessing function)  # stands in for the answer; only the text before it is used
 
 
 class PromptEncoder:
@@ -122,11 +123,13 @@ def read_prompts(source: str) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{source}: line {lineno} is not valid JSON: {e.msg}") from None
         else:
-            rows.append({"prompt": line.replace("\\n", "\n")})
+            rows.append({"prompt": line.replace("\\n", "\n"), PLAIN: True})
     return rows
 
 
 def run_generate(cfg: Config, model_path: str | None, prompts: str, max_new_tokens: int) -> list[str]:
+    """JSON rows go through the data step's preprocessing; plain lines are already prompts."""
+    import copy
     import json
 
     from tunesmith.infer.load import load_for_inference
@@ -134,9 +137,16 @@ def run_generate(cfg: Config, model_path: str | None, prompts: str, max_new_toke
     rows = read_prompts(prompts)
     model, tokenizer = load_for_inference(cfg, model_path)
     encoder = PromptEncoder(cfg, tokenizer)
-    if cfg.data.prompt_format == CHAT_TEMPLATE or cfg.data.format == "chat":
-        rows = [{"messages": [{"role": "user", "content": r["prompt"]}]} if set(r) == {"prompt"} else r for r in rows]
-    answers = generate(model, tokenizer, encoder, rows, max_new_tokens=max_new_tokens)
+    plain_encoder = copy.copy(encoder)
+    plain_encoder.preprocess = None
+    chat = cfg.data.prompt_format == CHAT_TEMPLATE or cfg.data.format == "chat"
+    answers = []
+    for row in rows:
+        if row.pop(PLAIN, False):
+            row = {"messages": [{"role": "user", "content": row["prompt"]}]} if chat else row
+            answers += generate(model, tokenizer, plain_encoder, [row], max_new_tokens=max_new_tokens)
+        else:
+            answers += generate(model, tokenizer, encoder, [row], max_new_tokens=max_new_tokens)
     for answer in answers:
         print(json.dumps({"answer": answer}))
     return answers
