@@ -89,3 +89,22 @@ def test_eval_source_and_validation_split_are_exclusive(tmp_path, tok_dir):
     cfg = write_config(tmp_path / "c.yaml", base_cfg(tok_dir, validation_split=0.1, eval={"data_files": "rows.jsonl"}))
     with pytest.raises(ConfigError, match="either `eval`"):
         load_config(cfg)
+
+
+def test_init_template_is_a_valid_config_once_filled(tmp_path, tok_dir):
+    assert main(["init", str(tmp_path)]) == 0
+    write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "response": "b"}])
+    cfg = load_config(tmp_path / "config.yaml", [f"base_model={tok_dir}", "data.train.data_files=rows.jsonl"])
+    assert cfg.model.method == "lora" and cfg.data.prompt_format == "plain"
+    assert main(["prep", str(tmp_path / "config.yaml"), f"base_model={tok_dir}", "data.train.data_files=rows.jsonl"]) == 0
+    assert main(["init", str(tmp_path)]) == 2  # never overwrites
+
+
+@pytest.mark.parametrize("example", ["summarization/local.yaml", "summarization/hub-llama2-7b-4bit.yaml", "chat/chat.yaml",
+                                     "arc_easy/cpu.yaml", "arc_easy/gpu-8b-qlora.yaml", "summarization/dataprep.yaml",
+                                     "summarization/finetune.yaml"])
+def test_example_configs_validate(example):
+    from tunesmith.train.arguments import check_training_keys
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / example)
+    check_training_keys(cfg.training)

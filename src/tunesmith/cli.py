@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     mg = with_config("merge", "fold a LoRA adapter into its base model and save a plain model folder")
     mg.add_argument("--adapter", help="adapter folder (default: <output_dir>/final)")
     mg.add_argument("--out", help="where to write (default: <output_dir>/merged)")
+    it = sub.add_parser("init", help="write a commented config template to fill in")
+    it.add_argument("dir", nargs="?", default=".")
+    it.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     dm = sub.add_parser("demo", help="fine-tune the demo model on ARC-Easy and show before/after")
     dm.add_argument("config", nargs="?", help="default: examples/arc_easy/cpu.yaml")
     dm.add_argument("overrides", nargs="*")
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
 
+    if args.command == "init":
+        return init(args.dir)
     if args.command == "demo":
         from tunesmith.demo import run_demo
 
@@ -104,6 +109,20 @@ def run_command(args: argparse.Namespace) -> int:
         from tunesmith.infer.merge import merge
 
         print(merge(cfg, args.adapter, args.out))
+    return 0
+
+
+def init(folder: str) -> int:
+    from pathlib import Path
+
+    from tunesmith.errors import ConfigError
+
+    target = Path(folder) / "config.yaml"
+    if target.exists():
+        raise ConfigError(f"{target} already exists", "choose another folder; tunesmith never overwrites your config")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text((Path(__file__).parent / "templates" / "config.yaml").read_text())
+    print(f"wrote {target}: fill in base_model and data.train, then `tunesmith preview {target}`")
     return 0
 
 
