@@ -127,6 +127,8 @@ class DataConfig(Strict):
     train_on_prompt: bool = False
     assistant_turns: Literal["all", "last"] = "all"
     max_length: int = Field(2048, gt=1)
+    packing: bool = Field(False, description="pack several examples per row (best-fit-decreasing); examples never attend to each other")
+    batching: Literal["padded", "padding_free"] = Field("padded", description="padding_free: each batch becomes one row with position_ids")
     overlength: Literal["drop", "truncate", "error"] = "drop"
     bad_rows: Literal["error", "skip"] = "error"
     num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default: all cores for large data")

@@ -13,6 +13,7 @@ from datasets import Dataset, DatasetDict, disable_progress_bars, enable_progres
 from tunesmith import __version__
 from tunesmith.config.schema import Config
 from tunesmith.data.chat_template import check_has_template
+from tunesmith.data.pack import pack_split, packing_report
 from tunesmith.data.prompts import CHAT_TEMPLATE, resolve_format
 from tunesmith.data.report import print_summary, split_report
 from tunesmith.data.rows import OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format
@@ -57,6 +58,10 @@ def prepare(cfg: Config, quiet: bool = False) -> dict:
         reports[split] = split_report(out)
         processed[split] = out.filter(lambda s: [x == "ok" for x in s], input_columns="_status", batched=True,
                                       batch_size=10_000, load_from_cache_file=False).remove_columns(STATUS_COLUMNS)
+        if d.packing and len(processed[split]):
+            packed = pack_split(processed[split], d.max_length)
+            reports[split]["packing"] = packing_report(processed[split], packed, d.max_length)
+            processed[split] = packed
 
     if reports["train"]["rows_kept"] == 0:
         raise DataError("no training row is left after the length policy and checks",

@@ -68,6 +68,9 @@ def print_summary(report: dict, console: Console | None = None) -> None:
                 console.print(f"  {name}: {what} {reason}: {v['count']} (rows {_rows(v['rows'])})")
             for msg in entries.get("bad_row", {}).get("messages", [])[:3]:
                 console.print(f"    [yellow]{msg}[/yellow]")
+        if "packing" in s:
+            p = s["packing"]
+            console.print(f"  {name}: packed {p['examples']:,} examples into {p['rows']:,} rows ({p['fill']:.0%} full)")
         if s["trailing_turns_removed"]:
             console.print(f"  {name}: removed {s['trailing_turns_removed']} trailing non-assistant turns (nothing to learn)")
     console.print(f"{report['seconds']:.1f}s, {report['tokens_per_second']:,.0f} tokens/s; "

@@ -93,7 +93,8 @@ def token_loss(model, ds, pad_id: int, batch_size: int = 8) -> tuple[float, int]
     total, count = 0.0, 0
     for i in range(0, len(ds), batch_size):
         batch = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}  # packed rows carry position_ids
+        logits = model(**inputs, use_cache=False).logits
         labels = batch["labels"][:, 1:].to(device)
         total += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum").item()
         count += int((labels != IGNORE).sum())

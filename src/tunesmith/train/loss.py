@@ -39,7 +39,8 @@ class TrainedTokenLossTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or not supports_selective_loss(model):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # No KV cache in training: with one, packed examples would see each other.
+            return super().compute_loss(model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
         lm = base_causal_lm(model)
         labels = inputs["labels"]
         # Accelerate applies mixed precision by wrapping model.forward; we call the decoder

@@ -27,7 +27,7 @@ from tunesmith.train.loss import TrainedTokenLossTrainer
 from tunesmith.train.metrics import MetricsCallback
 from tunesmith.train.model import load_model
 
-TRAIN_COLUMNS = ["input_ids", "labels"]
+TRAIN_COLUMNS = ["input_ids", "labels", "position_ids"]  # position_ids only in packed data
 
 
 def train(cfg: Config) -> dict:
@@ -47,14 +47,14 @@ def train(cfg: Config) -> dict:
     # Model and Trainer.
     model = load_model(cfg, tokenizer)
     args = training_arguments(cfg, has_eval=eval_ds is not None)
-    collator = PadCollator(pad_id=tokenizer.pad_token_id)
+    collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=cfg.data.batching == "padding_free")
     metrics = MetricsCallback(out / "metrics.jsonl", collator)
     callbacks = [metrics]
     if cfg.model.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.model.early_stopping_patience))
     trainer = TrainedTokenLossTrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
-                      train_dataset=train_ds.select_columns(TRAIN_COLUMNS),
-                      eval_dataset=eval_ds.select_columns(TRAIN_COLUMNS) if eval_ds is not None else None,
+                      train_dataset=training_columns(train_ds, args.train_sampling_strategy),
+                      eval_dataset=training_columns(eval_ds) if eval_ds is not None else None,
                       callbacks=callbacks)
 
     resume = resume_point(cfg.model.resume, args.output_dir)
@@ -90,6 +90,17 @@ def train(cfg: Config) -> dict:
         artifacts.upload(out, cfg.model.upload_to)
     print(f"tunesmith: trained {summary['steps']} steps in {summary['wall_seconds']}s; model in {final}", file=sys.stderr)
     return summary
+
+
+def training_columns(ds, sampling: str = "random"):
+    """The columns the collator needs, plus `length` for length-grouped sampling."""
+    ds = ds.select_columns([c for c in TRAIN_COLUMNS if c in ds.column_names])
+    if sampling in ("group_by_length", "batch_rebalance"):
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(ds.with_format("arrow")[:]["input_ids"]).to_pylist()
+        ds = ds.add_column("length", lengths)
+    return ds
 
 
 def final_eval_loss(trainer: Trainer, records: list[dict]) -> float:

@@ -1,0 +1,91 @@
+"""Packing: rows are filled best-fit-decreasing, examples never see each other, nothing is
+trained across a boundary, and training on packed or padding-free batches equals padded."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import load_from_disk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForCausalLM
+
+from helpers import write_config, write_jsonl
+from tunesmith.cli import main
+from tunesmith.data.pack import plan_bins
+from tunesmith.train.collate import PadCollator, concatenate
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 64), min_size=1, max_size=60), st.integers(64, 128))
+def test_bins_hold_every_example_once_within_capacity(lengths, capacity):
+    bins = plan_bins(lengths, capacity)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= capacity for b in bins)
+    assert sum(lengths) > capacity * (len(bins) - 1) / 2  # never worse than half full on average
+
+
+def test_best_fit_picks_the_tightest_row():
+    # 6 and 5 open two rows (room 4 and 5); 4 goes to the row with room 4, the tightest.
+    assert plan_bins([6, 5, 4], 10) == [[0, 2], [1]]
+
+
+def per_token_losses(model, batch, use_cache=False):
+    with torch.no_grad():
+        logits = model(**batch, use_cache=use_cache).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["input_ids"][:, 1:].flatten(), reduction="none").view(
+        logits.shape[0], -1)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_examples_do_not_see_each_other(tiny_llama, attn):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attn, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    examples = [torch.randint(5, 300, (n,)).tolist() for n in (7, 12, 5)]
+    features = [{"input_ids": e, "labels": e} for e in examples]
+    packed = PadCollator(pad_id=3, multiple_of=1)([concatenate(features)])
+    assert "attention_mask" not in packed and packed["position_ids"][0].tolist() == [*range(7), *range(12), *range(5)]
+    packed_losses = per_token_losses(model, packed)[0]
+    start = 0
+    for e in examples:
+        alone = per_token_losses(model, {"input_ids": torch.tensor([e])})[0]
+        # within an example, every next-token loss equals the example run on its own
+        assert torch.allclose(packed_losses[start:start + len(e) - 1], alone, atol=1e-5)
+        start += len(e)
+    # Control: with the KV cache on, transformers ignores the restarts and later examples see earlier ones.
+    leaky = per_token_losses(model, packed, use_cache=True)[0]
+    assert (leaky[7:18] - packed_losses[7:18]).abs().max() > 1e-3
+
+
+def test_first_label_of_each_packed_example_is_masked():
+    row = concatenate([{"input_ids": [1, 10, 11], "labels": [1, 10, 11]}, {"input_ids": [1, 20], "labels": [1, 20]}])
+    assert row["labels"] == [-100, 10, 11, -100, 20] and row["position_ids"] == [0, 1, 2, 0, 1]
+
+
+ROWS = [{"prompt": f"Q: {q}\nA: ", "response": a} for q, a in
+        [("sky?", "blue"), ("France?", "Paris"), ("2+2?", "4"), ("hot?", "cold"), ("ice?", "frozen water"), ("fox?", "what")]]
+
+
+def one_sgd_step(tmp_path, base, **data):
+    write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    cfg = write_config(tmp_path / "cfg.yaml", {
+        "base_model": str(base), "output_dir": "out", "data": {"train": {"data_files": "rows.jsonl"}, "max_length": 64, **data},
+        "training": {"max_steps": 1, "optim": "sgd", "learning_rate": 0.5, "bf16": False, "max_grad_norm": 1e9,
+                     "per_device_train_batch_size": 6, "save_steps": 1000}})
+    assert main(["run", str(cfg)]) == 0
+    return AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final").state_dict()
+
+
+def test_packed_and_padding_free_training_equal_padded(tmp_path, tiny_llama):
+    padded = one_sgd_step(tmp_path / "a", tiny_llama)
+    packed = one_sgd_step(tmp_path / "b", tiny_llama, packing=True)
+    free = one_sgd_step(tmp_path / "c", tiny_llama, batching="padding_free")
+    rows = load_from_disk(str(tmp_path / "b" / "out" / "data"))["train"]
+    assert len(rows) == 2 and sorted(n for r in rows["seq_lengths"] for n in r) == sorted(
+        len(r) for r in load_from_disk(str(tmp_path / "a" / "out" / "data"))["train"]["input_ids"])
+    report = json.loads((tmp_path / "b" / "out" / "data" / "prep_report.json").read_text())
+    assert report["splits"]["train"]["packing"]["examples"] == 6 and report["splits"]["train"]["packing"]["rows"] == 2
+    start = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    assert max((padded[k] - start[k]).abs().max().item() for k in start) > 1e-3
+    for other in (packed, free):
+        assert max((padded[k] - other[k]).abs().max().item() for k in padded) < 1e-5
