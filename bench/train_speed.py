@@ -1,0 +1,232 @@
+"""Training speed: tunesmith against TRL's SFTTrainer, same model, data, examples, max length and
+batch size, one run on the same machine, each configuration in its own process (so peak RSS is
+its own).
+
+    .venv/bin/python bench/train_speed.py                 # tiny Llama (fast) + SmolLM2-135M
+    .venv/bin/python bench/train_speed.py --models tiny   # just the tiny Llama
+
+Prints, per configuration: trained (loss-bearing) tokens/s, non-pad tokens/s, peak RSS, the
+loss on a fixed eval slice after training, the ratios against TRL, and the MFU against this
+machine's measured matmul peak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DOLLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "dolly_hhrlhf" / "train.jsonl"
+CONFIGS = ["tunesmith default", "tunesmith packed", "trl default", "trl packed"]
+LR = 1e-4
+
+
+def make_rows(n: int, skip: int = 0) -> list[dict]:
+    lines = DOLLY.read_text().splitlines()
+    return [json.loads(lines[(skip + i) % len(lines)]) for i in range(n)]
+
+
+# ---- worker: one configuration, in its own process ----------------------------------------------
+
+def worker(name: str, model_dir: str, data: str, eval_data: str, max_length: int, batch: int, out: str) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    work = Path(out).parent / name.replace(" ", "_")
+    if name.startswith("tunesmith"):
+        result = run_tunesmith(name, model_dir, data, max_length, batch, work)
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(work / "final")
+    else:
+        result, model = run_trl(name, model_dir, data, max_length, batch, work)
+    result["eval_loss"] = eval_loss(model, model_dir, eval_data, max_length)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    Path(out).write_text(json.dumps(result))
+
+
+def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: int, work: Path) -> dict:
+    from tunesmith.config.load import validate
+    from tunesmith.data.prepare import prepare
+    from tunesmith.train.run import train
+
+    cfg = validate({"base_model": model_dir, "output_dir": str(work),
+                    "data": {"train": {"data_files": data}, "max_length": max_length, "overlength": "truncate",
+                             "packing": name.endswith("packed")},
+                    "training": {"per_device_train_batch_size": batch, "num_train_epochs": 1, "learning_rate": LR,
+                                 "logging_steps": 1000, "save_strategy": "no", "disable_tqdm": True}})
+    prepare(cfg, quiet=True)
+    s = train(cfg)
+    return {"train_seconds": s["train_seconds"], "trained_tokens": s["trained_tokens"], "tokens": s["tokens"], "bf16": s["bf16"]}
+
+
+class CountingCollator:
+    """Wraps TRL's collator to count what it hands to the model, like tunesmith's collator does."""
+
+    def __init__(self, inner):
+        self.inner, self.trained_tokens, self.tokens = inner, 0, 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.trained_tokens += int((batch["labels"][:, 1:] != -100).sum())
+        if "attention_mask" in batch:
+            self.tokens += int(batch["attention_mask"].sum())
+        else:
+            self.tokens += int(batch["input_ids"].numel())  # padding-free: every token is real
+        return batch
+
+
+def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, work: Path):
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    ds = load_dataset("json", data_files=data, split="train").rename_column("response", "completion")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    packed = name.endswith("packed")
+    args = SFTConfig(output_dir=str(work), max_length=max_length, per_device_train_batch_size=batch, num_train_epochs=1,
+                     learning_rate=LR, logging_steps=1000, save_strategy="no", report_to="none", disable_tqdm=True,
+                     use_cpu=not torch.cuda.is_available(), completion_only_loss=True, packing=packed, seed=42)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    result = trainer.train()
+    return ({"train_seconds": round(result.metrics["train_runtime"], 1), "trained_tokens": counter.trained_tokens,
+             "tokens": counter.tokens, "bf16": args.bf16}, trainer.model)
+
+
+def eval_loss(model, model_dir: str, eval_data: str, max_length: int) -> float:
+    """Loss per trained token on the same held-out rows, prepared the same way for every model."""
+    from tunesmith.config.load import validate
+    from tunesmith.data.prepare import prepare, load_prepared
+    from tunesmith.infer.evaluate import token_loss
+
+    out = Path(eval_data).parent / f"eval_prepared_{os.getpid()}"
+    cfg = validate({"base_model": model_dir, "output_dir": str(out),
+                    "data": {"train": {"data_files": eval_data}, "max_length": max_length, "overlength": "truncate"}})
+    prepare(cfg, quiet=True)
+    model.float().eval()
+    loss, _ = token_loss(model, load_prepared(str(out / "data"))["train"], model.config.pad_token_id or 0)
+    return round(loss, 4)
+
+
+# ---- parent: models, runs, table ----------------------------------------------------------------
+
+def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
+    """Measured dense matmul TFLOP/s on this machine (all threads)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def build_models(folder: Path, which: list[str]) -> dict[str, str]:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tunesmith.data.tokenize import load_tokenizer
+    from tunesmith.demo_model import demo_model_path
+    from tunesmith.train.model import dequantized_copy
+
+    gguf = demo_model_path()
+    tok = load_tokenizer(str(gguf))
+    models = {}
+    if "tiny" in which:
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                          num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                          tie_word_embeddings=True)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(folder / "tiny")
+        tok.save_pretrained(folder / "tiny")
+        models["tiny Llama (4x512)"] = str(folder / "tiny")
+    if "smollm2" in which:
+        raw = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        dequantized_copy(raw, torch.float32).save_pretrained(folder / "smollm2")
+        tok.save_pretrained(folder / "smollm2")
+        models["SmolLM2-135M"] = str(folder / "smollm2")
+    return models
+
+
+def params_of(model_dir: str) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with __import__("torch").device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return sum(p.numel() for p in model.parameters())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
+    ap.add_argument("--examples", type=int, default=2000, help="training examples for the tiny model")
+    ap.add_argument("--smol-examples", type=int, default=96, help="training examples for SmolLM2 (CPU: slow)")
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        name, model_dir, data, eval_data, max_length, batch, out = args.worker
+        worker(name, model_dir, data, eval_data, int(max_length), int(batch), out)
+        return
+
+    peak = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+    print(f"measured matmul peak: fp32 {peak['float32']:.2f} TFLOP/s, bf16 {peak['bfloat16']:.2f} TFLOP/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = build_models(tmp, args.models)
+        eval_rows = tmp / "eval.jsonl"
+        eval_rows.write_text("".join(json.dumps(r) + "\n" for r in make_rows(64, skip=900)))  # never trained on
+        for label, model_dir in models.items():
+            n = args.examples if "tiny" in label else args.smol_examples
+            data = tmp / f"train_{n}.jsonl"
+            data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(n)))
+            results = {}
+            for name in CONFIGS:
+                out = tmp / f"{label[:4]}_{name.replace(' ', '_')}.json"
+                cmd = [sys.executable, __file__, "--worker", name, model_dir, str(data), str(eval_rows),
+                       str(args.max_length), str(args.batch), str(out)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(f"{name} failed:\n{proc.stderr[-3000:]}")
+                    continue
+                results[name] = json.loads(out.read_text())
+            report(label, n, args, results, params_of(model_dir), peak)
+
+
+def report(label: str, n: int, args, results: dict, params: int, peak: dict) -> None:
+    print(f"\n{label}: {params / 1e6:.1f}M params, {n:,} dolly examples, max_length {args.max_length}, batch {args.batch}")
+    print(f"{'':20} {'trained tok/s':>14} {'non-pad tok/s':>14} {'peak RSS MB':>12} {'eval loss':>10} {'MFU':>7}")
+    rows = {}
+    for name, r in results.items():
+        seconds = r["train_seconds"]
+        rows[name] = {"trained": r["trained_tokens"] / seconds, "tokens": r["tokens"] / seconds}
+        p = peak["bfloat16" if r["bf16"] else "float32"]
+        mfu = 6 * params * rows[name]["tokens"] / (p * 1e12)
+        print(f"{name:20} {rows[name]['trained']:14,.0f} {rows[name]['tokens']:14,.0f} {r['peak_rss_mb']:12,.0f} "
+              f"{r['eval_loss']:10.4f} {mfu:7.1%}  ({'bf16' if r['bf16'] else 'fp32'}, {seconds:.1f}s)")
+    if {"tunesmith default", "trl default", "trl packed"} <= set(results):
+        best_trl = max(rows["trl default"]["trained"], rows["trl packed"]["trained"])
+        for name in ("tunesmith default", "tunesmith packed"):
+            if name in rows:
+                print(f"{name}: trained tok/s {rows[name]['trained'] / rows['trl default']['trained']:.2f}x TRL default, "
+                      f"{rows[name]['trained'] / best_trl:.2f}x TRL's fastest; eval loss "
+                      f"{results[name]['eval_loss'] / results['trl default']['eval_loss'] - 1:+.1%} vs TRL default; "
+                      f"peak RSS {results[name]['peak_rss_mb'] / results['trl default']['peak_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
