@@ -40,14 +40,19 @@ def worker(name: str, model_dir: str, data: str, eval_data: str, max_length: int
     work = Path(out).parent / name.replace(" ", "_")
     if name.startswith("tunesmith"):
         result = run_tunesmith(name, model_dir, data, max_length, batch, work)
+        result["peak_rss_mb"] = peak_rss_mb()  # training's peak, before the eval step below
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(work / "final")
     else:
         result, model = run_trl(name, model_dir, data, max_length, batch, work)
+        result["peak_rss_mb"] = peak_rss_mb()
     result["eval_loss"] = eval_loss(model, model_dir, eval_data, max_length)
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     Path(out).write_text(json.dumps(result))
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: int, work: Path) -> dict:

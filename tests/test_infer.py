@@ -122,3 +122,21 @@ def test_merge_command_matches_adapter(tmp_path, tiny_llama):
         assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-4)
     assert (tmp_path / "m" / "tokenizer.json").is_file()
     assert main(["merge", str(cfg), "--adapter", str(tmp_path / "m")]) == 2  # not an adapter: clear error
+
+
+def test_chat_keeps_history_and_uses_the_training_template(tmp_path, tiny_llama):
+    import io
+
+    from tunesmith.infer.chat import chat
+
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in PAIRS]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    cfg = write_config(tmp_path / "cfg.yaml", {
+        "base_model": str(tiny_llama), "output_dir": "out",
+        "data": {"train": {"data_files": "rows.jsonl"}, "prompt_format": "chatml", "max_length": 64},
+        "training": {"max_steps": 80, "learning_rate": 3e-3, "per_device_train_batch_size": 8, "save_steps": 1000}})
+    assert main(["run", str(cfg)]) == 0
+    out = io.StringIO()
+    history = chat(load_config(cfg), str(tmp_path / "out" / "final"), 8, io.StringIO("capital of France?\n2+2?\n\n"), out)
+    assert out.getvalue().splitlines() == ["Paris", "4"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]

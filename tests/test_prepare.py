@@ -224,3 +224,17 @@ def test_module_entry_point_runs_as_in_the_two_step_workflow(tmp_path, tok_dir):
     assert len(load_from_disk(str(tmp_path / "out" / "data"))["train"]) == 3
     proc = subprocess.run([sys.executable, "-m", "tunesmith.dataprep", str(cfg), "data.max_length=x"], capture_output=True, text=True)
     assert proc.returncode == 2 and "data.max_length" in proc.stderr
+
+
+def test_remote_sources_through_fsspec(tmp_path, tok_dir):
+    """`memory://` is an fsspec filesystem like s3:// or gs://: the same code path, no network."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("memory://bucket/rows.jsonl", "w") as f:
+        f.write('{"prompt": "p", "response": "r"}\n')
+    Dataset.from_list([{"prompt": "p", "response": "r"}]).save_to_disk("memory://bucket/saved")
+    for train in ({"path": "json", "data_files": "memory://bucket/rows.jsonl"}, {"from_disk": "memory://bucket/saved"}):
+        cfg = {"base_model": str(tok_dir), "output_dir": "out", "data": {"train": train}}
+        assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 0, train
+        assert load_from_disk(str(tmp_path / "out" / "data"))["train"][0]["full_text"] == "pr</s>"

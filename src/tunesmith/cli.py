@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
     gen.add_argument("--prompts", default="-", help="file of prompts, one per line; - for stdin")
     gen.add_argument("--max-new-tokens", type=int, default=128)
+    ch = with_config("chat", "talk to a model in the terminal (same template as training)")
+    ch.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
+    ch.add_argument("--max-new-tokens", type=int, default=256)
     mg = with_config("merge", "fold a LoRA adapter into its base model and save a plain model folder")
     mg.add_argument("--adapter", help="adapter folder (default: <output_dir>/final)")
     mg.add_argument("--out", help="where to write (default: <output_dir>/merged)")
@@ -105,6 +108,10 @@ def run_command(args: argparse.Namespace) -> int:
         from tunesmith.infer.generate import run_generate
 
         run_generate(cfg, args.model, args.prompts, args.max_new_tokens)
+    elif args.command == "chat":
+        from tunesmith.infer.chat import chat
+
+        chat(cfg, args.model, args.max_new_tokens)
     elif args.command == "merge":
         from tunesmith.infer.merge import merge
 

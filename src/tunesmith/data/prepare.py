@@ -56,8 +56,10 @@ def prepare(cfg: Config, quiet: bool = False) -> dict:
         finally:
             enable_progress_bars()
         reports[split] = split_report(out)
-        processed[split] = out.filter(lambda s: [x == "ok" for x in s], input_columns="_status", batched=True,
-                                      batch_size=10_000, load_from_cache_file=False).remove_columns(STATUS_COLUMNS)
+        if reports[split]["rows_kept"] < len(out):  # a filter adds an indices mapping that saving must rewrite
+            out = out.filter(lambda s: [x == "ok" for x in s], input_columns="_status", batched=True,
+                             batch_size=10_000, load_from_cache_file=False)
+        processed[split] = out.remove_columns(STATUS_COLUMNS)
         if d.packing and len(processed[split]):
             packed = pack_split(processed[split], d.max_length)
             reports[split]["packing"] = packing_report(processed[split], packed, d.max_length)
