@@ -136,7 +136,10 @@ def test_chat_keeps_history_and_uses_the_training_template(tmp_path, tiny_llama)
         "data": {"train": {"data_files": "rows.jsonl"}, "prompt_format": "chatml", "max_length": 64},
         "training": {"max_steps": 80, "learning_rate": 3e-3, "per_device_train_batch_size": 8, "save_steps": 1000}})
     assert main(["run", str(cfg)]) == 0
+    config, final = load_config(cfg), str(tmp_path / "out" / "final")
     out = io.StringIO()
-    history = chat(load_config(cfg), str(tmp_path / "out" / "final"), 8, io.StringIO("capital of France?\n2+2?\n\n"), out)
+    history = chat(config, final, 8, io.StringIO("capital of France?\n/reset\n2+2?\n\n"), out)
     assert out.getvalue().splitlines() == ["Paris", "4"]
-    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history == [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]  # /reset cleared turn 1
+    history = chat(config, final, 8, io.StringIO("capital of France?\nfrozen water?\n"), io.StringIO())
+    assert [m["content"] for m in history][:2] == ["capital of France?", "Paris"] and len(history) == 4

@@ -226,9 +226,15 @@ def test_module_entry_point_runs_as_in_the_two_step_workflow(tmp_path, tok_dir):
     assert proc.returncode == 2 and "data.max_length" in proc.stderr
 
 
-def test_remote_sources_through_fsspec(tmp_path, tok_dir):
+def test_remote_sources_through_fsspec(tmp_path, tok_dir, monkeypatch):
     """`memory://` is an fsspec filesystem like s3:// or gs://: the same code path, no network."""
+    import datasets.config
     import fsspec
+    import huggingface_hub.constants
+
+    # The suite runs with the Hub switched off, which also blocks every URL; memory:// reaches no network.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
 
     fs = fsspec.filesystem("memory")
     with fs.open("memory://bucket/rows.jsonl", "w") as f:
