@@ -11,7 +11,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from helpers import make_tiny_llama, train_tokenizer  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +23,6 @@ def tok_dir(tmp_path_factory) -> Path:
 def bos_tok_dir(tmp_path_factory) -> Path:
     """Llama style: BOS added first; pad == eos (the case that breaks EOS training elsewhere)."""
     return train_tokenizer(tmp_path_factory.mktemp("tok_bos"), adds_bos=True, pad_is_eos=True)
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    return SHARED / "data"
 
 
 @pytest.fixture(scope="session")

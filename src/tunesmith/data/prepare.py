@@ -12,13 +12,10 @@ from datasets import Dataset, DatasetDict, disable_progress_bars, enable_progres
 
 from tunesmith import __version__
 from tunesmith.config.schema import Config
-from tunesmith.data.chat_template import check_has_template
 from tunesmith.data.pack import pack_split, packing_report
-from tunesmith.data.prompts import CHAT_TEMPLATE, resolve_format
 from tunesmith.data.report import print_summary, split_report
-from tunesmith.data.rows import OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format
-from tunesmith.data.sources import import_callable, load_source
-from tunesmith.data.tokenize import load_tokenizer, specials_of
+from tunesmith.data.rows import OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format, render_setup
+from tunesmith.data.sources import load_source
 from tunesmith.data.identity import tokenizer_identity
 from tunesmith.data.write import write_prepared
 from tunesmith.errors import ConfigError, DataError
@@ -30,12 +27,7 @@ def prepare(cfg: Config, quiet: bool = False) -> dict:
     """Prepare the data described by `cfg.data`; returns the report (also written beside the data)."""
     start = time.perf_counter()
     d = cfg.data
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
-    specials = specials_of(tokenizer)
-    fmt = resolve_format(d.prompt_format, specials.bos_text, specials.eos_text)
-    if fmt == CHAT_TEMPLATE:
-        check_has_template(tokenizer)
-    preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
+    tokenizer, specials, fmt, preprocess = render_setup(cfg)
 
     raw = raw_splits(cfg)
 

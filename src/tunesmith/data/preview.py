@@ -7,12 +7,10 @@ from rich.console import Console
 from rich.text import Text
 
 from tunesmith.config.schema import Config
-from tunesmith.data.chat_template import check_has_template
-from tunesmith.data.prompts import CHAT_TEMPLATE, resolve_format
-from tunesmith.data.rows import ROW, RowProcessor, dataset_format
-from tunesmith.data.sources import import_callable, load_source
+from tunesmith.data.rows import ROW, RowProcessor, dataset_format, render_setup
+from tunesmith.data.sources import load_source
+from tunesmith.data.tokenize import IGNORE, encode_batch, fit_length
 from tunesmith.errors import ConfigError
-from tunesmith.data.tokenize import IGNORE, encode_batch, fit_length, load_tokenizer, specials_of
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # marks trained text when colour is off
 
@@ -20,12 +18,7 @@ OPEN, CLOSE = "\u27e6", "\u27e7"  # marks trained text when colour is off
 def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dict]:
     console = console or Console()
     d = cfg.data
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
-    specials = specials_of(tokenizer)
-    fmt = resolve_format(d.prompt_format, specials.bos_text, specials.eos_text)
-    if fmt == CHAT_TEMPLATE:
-        check_has_template(tokenizer)
-    preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
+    tokenizer, specials, fmt, preprocess = render_setup(cfg)
     if d.train is None:
         raise ConfigError("data.train: required key is missing", "preview shows rows of the training source")
     ds = load_source(d.train, "data.train")

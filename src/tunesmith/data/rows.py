@@ -12,10 +12,11 @@ from datasets import Features, Sequence, Value
 from transformers import PreTrainedTokenizerBase
 
 from tunesmith.config.schema import DataConfig, PromptFormatConfig
-from tunesmith.data.chat_template import render_with_template
+from tunesmith.data.chat_template import check_has_template, render_with_template
 from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
-from tunesmith.data.prompts import CHAT_TEMPLATE, Segment, example_to_turns, render_turns, select_trained
-from tunesmith.data.tokenize import IGNORE, Specials, encode_batch, fit_length
+from tunesmith.data.prompts import CHAT_TEMPLATE, Segment, example_to_turns, render_turns, resolve_format, select_trained
+from tunesmith.data.sources import import_callable
+from tunesmith.data.tokenize import IGNORE, Specials, encode_batch, fit_length, load_tokenizer, specials_of
 from tunesmith.errors import DataError
 
 ROW = "_row"  # the row's index in its source, added before any split or filter
@@ -97,6 +98,19 @@ class RowProcessor:
         if ids and ids[-1] == self.specials.eos_id and not text.rstrip().endswith(self.specials.eos_text):
             text += self.specials.eos_text
         return text
+
+
+def render_setup(cfg, tokenizer: PreTrainedTokenizerBase | None = None):
+    """What rendering needs, checked up front: (tokenizer, specials, format, preprocessing function)."""
+    d = cfg.data
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
+    specials = specials_of(tokenizer)
+    fmt = resolve_format(d.prompt_format, specials.bos_text, specials.eos_text)
+    if fmt == CHAT_TEMPLATE:
+        check_has_template(tokenizer)
+    preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
+    return tokenizer, specials, fmt, preprocess
 
 
 def dataset_format(declared: str, columns: list[str], renames: dict[str, str], has_preprocessing: bool) -> str:

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 
 from tunesmith.config.schema import Config
-from tunesmith.data.chat_template import check_has_template, render_with_template
+from tunesmith.data.chat_template import render_with_template
 from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
-from tunesmith.data.prompts import CHAT_TEMPLATE, example_to_turns, render_turns, resolve_format, select_trained
-from tunesmith.data.sources import import_callable
-from tunesmith.data.tokenize import Specials, ids_of_texts, specials_of
+from tunesmith.data.prompts import CHAT_TEMPLATE, example_to_turns, render_turns, select_trained
+from tunesmith.data.rows import render_setup
+from tunesmith.data.tokenize import ids_of_texts
 
 PLACEHOLDER = "\x00answer\x00"
 PLAIN = "_plain_text"  # marks a prompt read as plain text (no preprocessing function)  # stands in for the answer; only the text before it is used
@@ -22,13 +22,8 @@ class PromptEncoder:
     """Rows (any format the data step reads) -> prompt token ids, and the expected answer if present."""
 
     def __init__(self, cfg: Config, tokenizer):
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.specials: Specials = specials_of(tokenizer)
-        self.fmt = resolve_format(cfg.data.prompt_format, self.specials.bos_text, self.specials.eos_text)
-        if self.fmt == CHAT_TEMPLATE:
-            check_has_template(tokenizer)
-        fn = cfg.data.preprocessing_fn
-        self.preprocess = import_callable(fn, "data.preprocessing_fn") if fn else None
+        self.cfg = cfg
+        self.tokenizer, self.specials, self.fmt, self.preprocess = render_setup(cfg, tokenizer)
 
     def example(self, row: dict[str, Any], index: int = 0) -> dict:
         if self.preprocess is not None:

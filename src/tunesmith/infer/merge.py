@@ -6,7 +6,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config
 from tunesmith.errors import ModelError
 from tunesmith.infer.load import load_for_inference
-from tunesmith.train.artifacts import save_merged
+from tunesmith.train.artifacts import save_folder
 
 
 def merge(cfg: Config, adapter: str | None = None, out: str | None = None) -> Path:
@@ -15,9 +15,5 @@ def merge(cfg: Config, adapter: str | None = None, out: str | None = None) -> Pa
         raise ModelError(f"{adapter}: no LoRA adapter here (adapter_config.json missing)",
                          "merge takes the final/ folder of a LoRA run, or --adapter PATH")
     model, tokenizer = load_for_inference(cfg, adapter)
-    target = Path(out) if out else Path(cfg.resolved_output_dir())
-    merged = save_merged(model, tokenizer, target) if not out else save_merged(model, tokenizer, target.parent)
-    if out and merged != target:
-        merged.rename(target)
-        merged = target
-    return merged
+    target = Path(out) if out else Path(cfg.resolved_output_dir()) / "merged"
+    return save_folder(model.merge_and_unload(), tokenizer, target)

@@ -15,29 +15,13 @@ from tunesmith.train.metrics import read_metrics
 
 def save_final(model, tokenizer, out: Path, cfg: Config) -> Path:
     """The trained model (or LoRA adapter) with its tokenizer and generation config, atomically."""
-    final = out / "final"
-    tmp = out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    generation_config(model, tokenizer).save_pretrained(tmp)
-    if cfg.model.method in ("lora", "qlora"):
-        (tmp / "tunesmith_base_model.txt").write_text(cfg.base_model + "\n")
-    _replace(tmp, final)
-    return final
+    extra = {"tunesmith_base_model.txt": cfg.base_model + "\n"} if cfg.model.method in ("lora", "qlora") else {}
+    return save_folder(model, tokenizer, out / "final", extra)
 
 
 def save_merged(model, tokenizer, out: Path) -> Path:
     """LoRA folded into the base weights: a plain model folder."""
-    merged_model = model.merge_and_unload()
-    merged = out / "merged"
-    tmp = out / ".merged.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged_model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    generation_config(merged_model, tokenizer).save_pretrained(tmp)
-    _replace(tmp, merged)
-    return merged
+    return save_folder(model.merge_and_unload(), tokenizer, out / "merged")
 
 
 def generation_config(model, tokenizer) -> GenerationConfig:
@@ -49,10 +33,19 @@ def generation_config(model, tokenizer) -> GenerationConfig:
     return gc
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+def save_folder(model, tokenizer, target: Path, extra: dict[str, str] | None = None) -> Path:
+    """Model, tokenizer and generation config into `target`, written beside it and renamed when complete."""
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    generation_config(model, tokenizer).save_pretrained(tmp)
+    for name, text in (extra or {}).items():
+        (tmp / name).write_text(text)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
 
 
 def write_run_config(cfg: Config, out: Path) -> None:
