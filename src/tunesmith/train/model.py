@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import ModelError
-from tunesmith.modelref import split_gguf
+from tunesmith.modelref import local_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,9 +24,9 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     m = cfg.model
-    path, extra = split_gguf(cfg.base_model)
+    path = local_model(cfg.base_model)  # a .gguf becomes its cached plain folder
     kwargs = dict(dtype=resolve_dtype(m.dtype), attn_implementation=m.attn_implementation,
-                  trust_remote_code=m.trust_remote_code, **extra)
+                  trust_remote_code=m.trust_remote_code)
     if m.method == "qlora":
         kwargs["quantization_config"] = _bnb_config(m.quantization_bits, kwargs["dtype"])
         kwargs["device_map"] = {"": torch.cuda.current_device()}
@@ -36,8 +36,6 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
         raise ModelError(f"cannot load base_model {cfg.base_model!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                          "use a local folder, a .gguf file, or a Hub id when the Hub is reachable; "
                          "attn_implementation flash_attention_2 needs the flash-attn package") from None
-    if extra:  # GGUF: transformers dequantizes but marks the model quantized, so Trainer and save refuse it
-        model = dequantized_copy(model, kwargs["dtype"])
     if tokenizer.pad_token_id is None:
         # Safe with tunesmith's data: labels are set at prep time, so padding never masks a real EOS.
         tokenizer.pad_token = tokenizer.eos_token
@@ -48,7 +46,8 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
 
 
 def dequantized_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
-    """The same architecture and weights as a plain model (no quantization_config)."""
+    """The same architecture and weights as a plain model (no quantization_config). transformers
+    dequantizes GGUF on load but marks the model quantized, so Trainer and save_pretrained refuse it."""
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
