@@ -34,3 +34,22 @@ def test_arc_example_end_to_end_on_the_gguf_model(tmp_path):
     for m in (before, after):
         assert m["rows"] == 4 and 0 <= m["choice_accuracy"] <= 1 and 0 <= m["exact_match"] <= 1
     assert after["eval_loss"] < before["eval_loss"]  # 3 steps on 12 questions already move the held-out loss
+
+
+def test_gguf_conversion_cache_matches_the_gguf():
+    """The plain folder tunesmith converts the .gguf into gives the same logits as loading the .gguf."""
+    import torch
+
+    from tunesmith.modelref import local_model, split_gguf
+    from tunesmith.train.model import dequantized_copy
+
+    gguf = str(demo_model_path())
+    folder = local_model(gguf)
+    assert folder != gguf and (Path(folder) / "tokenizer_config.json").is_file()
+    assert local_model(gguf) == folder  # converted once, then reused
+    path, extra = split_gguf(gguf)
+    direct = dequantized_copy(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra), torch.float32)
+    cached = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = torch.tensor([[1, 504, 3458, 314, 2115, 28, 253, 1345]])
+    with torch.no_grad():
+        assert torch.equal(direct(ids).logits, cached(ids).logits)
