@@ -7,7 +7,7 @@ that rewrite history (some reasoning models drop old thoughts) are refused with 
 """
 from __future__ import annotations
 
-from tunesmith.data.prompts import Segment, _add
+from tunesmith.data.prompts import Segment, add_segment
 from tunesmith.errors import ConfigError, DataError
 
 
@@ -31,20 +31,12 @@ def render_with_template(turns: list[dict], tokenizer, train_on_prompt: bool = F
                 raise DataError(f"row {index}: the tokenizer's chat template renders earlier turns differently "
                                 "once later turns are added, so assistant turns cannot be located exactly",
                                 "use a built-in prompt_format (e.g. chatml) for this model")
-            _add(segments, prompt[len(done):] + t["cue"], train_on_prompt)
-            _add(segments, full[len(prompt) + len(t["cue"]):], t["trained"] or train_on_prompt)
+            add_segment(segments, prompt[len(done):] + t["cue"], train_on_prompt)
+            add_segment(segments, full[len(prompt) + len(t["cue"]):], t["trained"] or train_on_prompt)
             done = full
         else:
             messages.append({"role": t["role"], "content": content})
     return segments
-
-
-def render_prompt_with_template(turns: list[dict], tokenizer) -> str:
-    """Inference: the text up to where the assistant's answer begins (cue included)."""
-    *history, last = turns
-    messages = [{"role": t["role"], "content": "\n\n".join([*t.get("contexts", []), t["content"]])
-                 if t["role"] != "assistant" else t["cue"] + t["content"]} for t in history]
-    return _apply(tokenizer, messages, generation_prompt=True) + last.get("cue", "")
 
 
 def _apply(tokenizer, messages: list[dict], generation_prompt: bool) -> str:

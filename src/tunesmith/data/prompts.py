@@ -100,27 +100,27 @@ def render_turns(turns: list[dict], fmt: PromptFormatConfig, train_on_prompt: bo
         system = fmt.system_prefix + turns[0]["content"] + fmt.system_suffix
         turns = turns[1:]
         if not fmt.system_in_first_input:
-            _add(segments, system, p)
+            add_segment(segments, system, p)
             system = ""
     after_assistant = False
     for t in turns:
         if t["role"] == "assistant":
-            _add(segments, fmt.response_prefix + t["cue"], p)
-            _add(segments, t["content"] + fmt.response_suffix, t["trained"] or p)
+            add_segment(segments, fmt.response_prefix + t["cue"], p)
+            add_segment(segments, t["content"] + fmt.response_suffix, t["trained"] or p)
             after_assistant = True
             continue
         if after_assistant:
-            _add(segments, fmt.turn_separator, p)
+            add_segment(segments, fmt.turn_separator, p)
             after_assistant = False
         contexts = "".join(fmt.context_prefix + c + fmt.context_suffix for c in t.get("contexts", []))
         body = contexts + t["content"] if fmt.context_position == "before_input" else t["content"] + contexts
         prefix = fmt.input_prefix + system
         system = ""
-        _add(segments, prefix + body + fmt.input_suffix, p)
+        add_segment(segments, prefix + body + fmt.input_suffix, p)
     return segments
 
 
-def _add(segments: list[Segment], text: str, trained: bool) -> None:
+def add_segment(segments: list[Segment], text: str, trained: bool) -> None:
     if not text:
         return
     if segments and segments[-1][1] == trained:
@@ -128,6 +128,3 @@ def _add(segments: list[Segment], text: str, trained: bool) -> None:
     else:
         segments.append((text, trained))
 
-
-def full_text(segments: list[Segment]) -> str:
-    return "".join(t for t, _ in segments)
