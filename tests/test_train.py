@@ -214,3 +214,24 @@ def test_resume_skips_checkpoints_cut_short_while_saving(tmp_path, capsys):
     assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
     assert "skipping checkpoint-20" in capsys.readouterr().err
     assert latest_complete_checkpoint(tmp_path / "none") is None
+
+
+def test_report_to_an_integration_that_is_not_installed_is_a_clear_error(tmp_path, tiny_llama, capsys):
+    from transformers.integrations import get_available_reporting_integrations
+
+    missing = next(n for n in ("tensorboard", "mlflow", "wandb") if n not in get_available_reporting_integrations())
+    cfg_path = setup_run(tmp_path, tiny_llama, training={"report_to": [missing]})
+    assert main(["run", str(cfg_path)]) == 2
+    assert f"training.report_to: {missing} is not installed; pip install {missing}" in capsys.readouterr().err
+    cfg_path = setup_run(tmp_path, tiny_llama, training={"report_to": "tensorbored"})
+    assert main(["run", str(cfg_path)]) == 2
+    assert "unknown integration 'tensorbored'" in capsys.readouterr().err
+
+
+def test_data_from_an_older_identity_record_is_accepted():
+    from tunesmith.data.identity import same_tokenizer
+
+    current = {"vocab_size": 10, "vocab_sha256": "ab", "bos_token_id": 1, "eos_token_id": 2, "adds_bos": True}
+    older = {k: v for k, v in current.items() if k != "adds_bos"}
+    assert same_tokenizer(older, current) == []
+    assert same_tokenizer({**older, "eos_token_id": 3}, current) == ["eos_token_id: data 3 vs model 2"]

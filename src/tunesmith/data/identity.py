@@ -24,4 +24,5 @@ def tokenizer_identity(tok) -> dict:
 def same_tokenizer(recorded: dict, current: dict) -> list[str]:
     """The identity fields that differ (name_or_path may differ: the same files can move)."""
     keys = ("vocab_size", "vocab_sha256", "bos_token_id", "eos_token_id", "adds_bos")
-    return [f"{k}: data {recorded.get(k)!r} vs model {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]
+    # Only fields the data recorded: data from an older tunesmith may lack newer ones.
+    return [f"{k}: data {recorded[k]!r} vs model {current.get(k)!r}" for k in keys if k in recorded and recorded[k] != current.get(k)]

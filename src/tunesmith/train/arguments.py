@@ -29,8 +29,26 @@ def check_training_keys(training: dict) -> None:
             close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
             tip = f"did you mean '{close[0]}'?" if close else "not a TrainingArguments field in this transformers version"
             problems.append(f"  training.{key}: unknown key; {tip}")
+    problems += _report_to_problems(training.get("report_to"))
     if problems:
         raise ConfigError("invalid config\n" + "\n".join(problems))
+
+
+def _report_to_problems(report_to) -> list[str]:
+    """Each named integration must exist and be installed (else the Trainer fails deep inside)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    problems = []
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            problems.append(f"  training.report_to: unknown integration {name!r}; one of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+        elif name not in get_available_reporting_integrations():
+            problems.append(f"  training.report_to: {name} is not installed; pip install {name} (into .venv), or drop it")
+    return problems
 
 
 def cpu_supports_bf16() -> bool:
