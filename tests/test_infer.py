@@ -143,3 +143,22 @@ def test_chat_keeps_history_and_uses_the_training_template(tmp_path, tiny_llama)
     assert history == [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]  # /reset cleared turn 1
     history = chat(config, final, 8, io.StringIO("capital of France?\nfrozen water?\n"), io.StringIO())
     assert [m["content"] for m in history][:2] == ["capital of France?", "Paris"] and len(history) == 4
+
+
+@pytest.mark.parametrize("fmt", ["chatml", "llama2", "chat_template"])
+def test_multi_turn_generation_prompt_is_the_training_prompt(tmp_path, bos_tok_dir, fmt):
+    """With every assistant turn trained, earlier answers are their own segments in training;
+    the inference prompt for the last answer must be tokenized the same way."""
+    messages = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello, friend"},
+                {"role": "user", "content": "name?"}, {"role": "assistant", "content": "Tuna"}]
+    write_jsonl(tmp_path / "rows.jsonl", [{"messages": messages}])
+    cfg_path = write_config(tmp_path / "cfg.yaml", {
+        "base_model": str(bos_tok_dir), "output_dir": "out",
+        "data": {"train": {"data_files": "rows.jsonl"}, "prompt_format": fmt, "assistant_turns": "all"}})
+    assert main(["prep", str(cfg_path)]) == 0
+    row = load_from_disk(str(tmp_path / "out" / "data"))["train"][0]
+    labels = row["labels"]
+    last_answer_start = max(i for i in range(1, len(labels)) if labels[i] != -100 and labels[i - 1] == -100)
+    encoder = PromptEncoder(load_config(cfg_path), AutoTokenizer.from_pretrained(bos_tok_dir))
+    ids, answer = encoder.encode({"messages": messages})
+    assert ids == row["input_ids"][:last_answer_start] and answer == "Tuna"

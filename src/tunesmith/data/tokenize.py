@@ -48,7 +48,7 @@ def specials_of(tok: PreTrainedTokenizerBase) -> Specials:
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    cut: str = ""  # "", "prompt" or "prompt+response"
+    cut: str = ""  # "", "prompt", "response" or "prompt+response"
     drop: str = ""  # reason the row cannot be used, "" when kept
 
 
@@ -77,8 +77,10 @@ def _backend_matches(tok: PreTrainedTokenizerBase) -> bool:
     return cached
 
 
-def encode_batch(batch: list[list[Segment]], tok: PreTrainedTokenizerBase, sp: Specials) -> list[tuple[list[int], list[int]]]:
-    """Segments of many examples -> (input_ids, labels) each; one tokenizer call for the batch."""
+def encode_batch(batch: list[list[Segment]], tok: PreTrainedTokenizerBase, sp: Specials,
+                 end_with_eos: bool = True) -> list[tuple[list[int], list[int]]]:
+    """Segments of many examples -> (input_ids, labels) each; one tokenizer call for the batch.
+    `end_with_eos=False` for a generation prompt: the row continues with the answer."""
     ids_flat = ids_of_texts(tok, [text for segments in batch for text, _ in segments])
     out, k = [], 0
     for segments in batch:
@@ -92,14 +94,14 @@ def encode_batch(batch: list[list[Segment]], tok: PreTrainedTokenizerBase, sp: S
         if sp.adds_bos and (not ids or ids[0] != sp.bos_id):
             ids.insert(0, sp.bos_id)  # exactly one BOS: none added when the template wrote it
             labels.insert(0, IGNORE)
-        if not _ends_with_eos(segments, ids, labels, sp):
+        if end_with_eos and not _ends_with_eos(segments, labels, sp):
             ids.append(sp.eos_id)  # trained even when pad == eos: the label is set here, not from padding
             labels.append(sp.eos_id)
         out.append((ids, labels))
     return out
 
 
-def _ends_with_eos(segments: list[Segment], ids: list[int], labels: list[int], sp: Specials) -> bool:
+def _ends_with_eos(segments: list[Segment], labels: list[int], sp: Specials) -> bool:
     last_trained = next((t for t, trained in reversed(segments) if trained), None)
     if last_trained is None:
         return True  # nothing trained: the row is dropped later, no EOS to add

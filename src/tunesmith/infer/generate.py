@@ -12,10 +12,10 @@ from tunesmith.data.chat_template import render_with_template
 from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
 from tunesmith.data.prompts import CHAT_TEMPLATE, example_to_turns, render_turns, select_trained
 from tunesmith.data.rows import render_setup
-from tunesmith.data.tokenize import ids_of_texts
+from tunesmith.data.tokenize import encode_batch
 
-PLACEHOLDER = "\x00answer\x00"
-PLAIN = "_plain_text"  # marks a prompt read as plain text (no preprocessing function)  # stands in for the answer; only the text before it is used
+PLACEHOLDER = "\x00answer\x00"  # stands in for the answer; only the text before it is used
+PLAIN = "_plain_text"  # marks a prompt read as plain text (no preprocessing function)
 
 
 class PromptEncoder:
@@ -42,8 +42,8 @@ class PromptEncoder:
         return normalize(row, fmt, index)
 
     def segments(self, example: dict, index: int = 0) -> list:
-        """The example rendered as in training, with only its last answer trained."""
-        turns = select_trained(example_to_turns(example, self.cfg.data.prompt), "last")
+        """The example rendered as in training (same assistant_turns), prompt never trained."""
+        turns = select_trained(example_to_turns(example, self.cfg.data.prompt), self.cfg.data.assistant_turns)
         if self.fmt == CHAT_TEMPLATE:
             return render_with_template(turns, self.tokenizer, False, index)
         return render_turns(turns, self.fmt, False)
@@ -53,10 +53,9 @@ class PromptEncoder:
         answer = example["response"] if example["kind"] == "input" else example["messages"][-1]["content"]
         segments = self.segments(example, index)
         last_trained = max(i for i, (_, trained) in enumerate(segments) if trained)
-        prompt = "".join(text for text, _ in segments[:last_trained])
-        ids = ids_of_texts(self.tokenizer, [prompt])[0] if prompt else []
-        if self.specials.adds_bos and (not ids or ids[0] != self.specials.bos_id):
-            ids.insert(0, self.specials.bos_id)
+        # The segments before the answer, tokenized exactly as in training (each on its own, same
+        # BOS rule); no EOS, since the answer follows.
+        (ids, _), = encode_batch([segments[:last_trained]], self.tokenizer, self.specials, end_with_eos=False)
         return ids, (None if answer == PLACEHOLDER else answer)
 
     @property
