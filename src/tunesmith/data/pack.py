@@ -43,9 +43,9 @@ def plan_bins(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def pack_split(ds: Dataset, max_length: int) -> Dataset:
-    lengths = [len(x) for x in ds["input_ids"]]
-    bins = plan_bins(lengths, max_length)
     cols = {c: ds[c] for c in ("input_ids", "labels", "full_text")}
+    lengths = [len(x) for x in cols["input_ids"]]
+    bins = plan_bins(lengths, max_length)
     rows = {k: [] for k in PACKED_FEATURES}
     for members in bins:
         ids, labels, positions, seqs, texts = [], [], [], [], []

@@ -70,14 +70,15 @@ def train(cfg: Config) -> dict:
     artifacts.plot_losses(out / "metrics.jsonl", out / "loss.png")
     losses = [r["loss"] for r in metrics.records if "loss" in r]
     seconds = time.perf_counter() - start
+    runtime = max(result.metrics.get("train_runtime", 0.0), 1e-9)
     summary = {
         "output_dir": str(out), "final": str(final), "merged": str(merged) if merged else None,
         "resumed_from": resume, "steps": trainer.state.global_step, "wall_seconds": round(seconds, 1),
-        "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+        "train_seconds": round(runtime, 1),
         "trained_tokens": collator.trained_tokens,
-        "trained_tokens_per_second": round(collator.trained_tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9), 1),
+        "trained_tokens_per_second": round(collator.trained_tokens / runtime, 1),
         "tokens": collator.tokens,
-        "tokens_per_second": round(collator.tokens / max(result.metrics.get("train_runtime", 1e-9), 1e-9), 1),
+        "tokens_per_second": round(collator.tokens / runtime, 1),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "train_loss": result.metrics.get("train_loss"), "eval_loss": eval_loss,
         "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
