@@ -42,7 +42,7 @@ def evaluate(cfg: Config, model_path: str | None = None, label: str | None = Non
     if rows:
         answers = generate(model, tokenizer, encoder, rows, max_new_tokens=max_new_tokens)
         for i, (row, answer) in enumerate(zip(rows, answers)):
-            reference = encoder.encode(row, row.get(ROW, i))[1] or ""
+            reference = encoder.reference(row, row.get(ROW, i)) or ""
             predictions.append({"row": row.get(ROW, i), "reference": reference, "prediction": answer,
                                 "exact_match": exact_match(answer, reference), "rouge_l": round(rouge_l(answer, reference), 4)})
         result["exact_match"] = round(sum(p["exact_match"] for p in predictions) / len(predictions), 4)

@@ -48,19 +48,27 @@ class PromptEncoder:
             return render_with_template(turns, self.tokenizer, False, index)
         return render_turns(turns, self.fmt, False)
 
+    def reference(self, row: dict[str, Any], index: int = 0) -> str | None:
+        """The row's expected answer (None when it has none), without tokenizing anything."""
+        return answer_of(self.example(row, index))
+
     def encode(self, row: dict[str, Any], index: int = 0) -> tuple[list[int], str | None]:
         example = self.example(row, index)
-        answer = example["response"] if example["kind"] == "input" else example["messages"][-1]["content"]
         segments = self.segments(example, index)
         last_trained = max(i for i, (_, trained) in enumerate(segments) if trained)
         # The segments before the answer, tokenized exactly as in training (each on its own, same
         # BOS rule); no EOS, since the answer follows.
         (ids, _), = encode_batch([segments[:last_trained]], self.tokenizer, self.specials, end_with_eos=False)
-        return ids, (None if answer == PLACEHOLDER else answer)
+        return ids, answer_of(example)
 
     @property
     def stop_strings(self) -> list[str]:
         return [] if isinstance(self.fmt, str) else [s for s in self.fmt.stop if s]
+
+
+def answer_of(example: dict) -> str | None:
+    answer = example["response"] if example["kind"] == "input" else example["messages"][-1]["content"]
+    return None if answer == PLACEHOLDER else answer
 
 
 @torch.no_grad()
