@@ -235,3 +235,21 @@ def test_data_from_an_older_identity_record_is_accepted():
     older = {k: v for k, v in current.items() if k != "adds_bos"}
     assert same_tokenizer(older, current) == []
     assert same_tokenizer({**older, "eos_token_id": 3}, current) == ["eos_token_id: data 3 vs model 2"]
+
+
+def test_models_outside_the_trained_token_path_keep_the_trainers_loss_scaling(tmp_path, tok_dir):
+    """GPT-2 takes the Trainer's own loss: accumulation must still give the same update."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunesmith.train.loss import supports_selective_loss
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    assert not supports_selective_loss(gpt2)
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    one = first_update(tmp_path / "a", tmp_path / "gpt2", per_device_train_batch_size=8)
+    acc = first_update(tmp_path / "b", tmp_path / "gpt2", per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    assert max((one[k] - acc[k]).abs().max().item() for k in one) < 1e-5

@@ -35,7 +35,11 @@ class TrainedTokenLossTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = True  # we divide by num_items_in_batch ourselves
+        if supports_selective_loss(self.model):
+            # Our loss divides by num_items_in_batch itself, so the Trainer must not also divide by
+            # the accumulation steps. Other models keep the Trainer's own detection (the fallback
+            # path passes num_items_in_batch to the model only if its forward takes it).
+            self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or not supports_selective_loss(model):
