@@ -114,3 +114,14 @@ def test_drop_and_error_policies(long_example):
     assert fit_length(ids, labels, len(ids), "drop", sp, 0).drop == ""
     with pytest.raises(Exception, match=r"row 9: is \d+ tokens long, over data.max_length=10"):
         fit_length(ids, labels, 10, "error", sp, 9)
+
+
+def test_a_tokenizer_without_pad_pads_with_eos(tmp_path, tok_dir):
+    from tunesmith.data.tokenize import load_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token_id is None
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.pad_token_id == loaded.eos_token_id

@@ -26,6 +26,10 @@ def load_tokenizer(ref: str, trust_remote_code: bool = False) -> PreTrainedToken
                          "or a Hub id when the Hub is reachable") from None
     if tok.eos_token_id is None:
         raise ModelError(f"tokenizer {ref!r} has no EOS token", "tunesmith ends every answer with EOS; use a tokenizer that has one")
+    if tok.pad_token_id is None:
+        # Safe with tunesmith's data: labels are set at prep time and padding never carries one,
+        # so padding with EOS cannot mask a real EOS.
+        tok.pad_token = tok.eos_token
     return tok
 
 

@@ -30,8 +30,6 @@ def load_for_inference(cfg: Config, model_path: str | None = None):
         model = _load(ref, cfg)
     tok_ref = ref if (Path(ref) / "tokenizer_config.json").is_file() else (cfg.tokenizer or cfg.base_model)
     tokenizer = load_tokenizer(tok_ref, cfg.model.trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     if torch.cuda.is_available():
         model.to("cuda")

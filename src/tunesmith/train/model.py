@@ -36,9 +36,6 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
         raise ModelError(f"cannot load base_model {cfg.base_model!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                          "use a local folder, a .gguf file, or a Hub id when the Hub is reachable; "
                          "attn_implementation flash_attention_2 needs the flash-attn package") from None
-    if tokenizer.pad_token_id is None:
-        # Safe with tunesmith's data: labels are set at prep time, so padding never masks a real EOS.
-        tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     if m.method in ("lora", "qlora"):
         model = add_lora(model, cfg)
