@@ -87,13 +87,13 @@ def run_command(args: argparse.Namespace) -> int:
 
         prepare(cfg)
     elif args.command in ("train", "run"):
-        from tunesmith.train.arguments import check_training_keys
         from tunesmith.train.run import train
 
-        check_training_keys(cfg.training)  # before spending time on data preparation
         if args.command == "run":
             from tunesmith.data.prepare import prepare
+            from tunesmith.train.arguments import check_training_keys
 
+            check_training_keys(cfg.training)  # before spending time on data preparation (train checks again)
             prepare(cfg)
         train(cfg)
     elif args.command == "preview":
