@@ -253,3 +253,18 @@ def test_models_outside_the_trained_token_path_keep_the_trainers_loss_scaling(tm
     one = first_update(tmp_path / "a", tmp_path / "gpt2", per_device_train_batch_size=8)
     acc = first_update(tmp_path / "b", tmp_path / "gpt2", per_device_train_batch_size=4, gradient_accumulation_steps=2)
     assert max((one[k] - acc[k]).abs().max().item() for k in one) < 1e-5
+
+
+def test_length_grouped_sampling_trains(tmp_path, tiny_llama):
+    cfg_path = setup_run(tmp_path, tiny_llama, training={"max_steps": 4, "per_device_train_batch_size": 2,
+                                                         "train_sampling_strategy": "group_by_length"})
+    assert main(["run", str(cfg_path)]) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 4
+
+
+def test_length_column_for_grouped_sampling():
+    from tunesmith.train.run import training_columns
+
+    ds = Dataset.from_dict({"input_ids": [[1, 2, 3], [4]], "labels": [[1, 2, 3], [4]], "full_text": ["a", "b"]})
+    assert training_columns(ds)["input_ids"] == [[1, 2, 3], [4]] and "length" not in training_columns(ds).column_names
+    assert training_columns(ds, "group_by_length")["length"] == [3, 1]
