@@ -37,24 +37,31 @@ def per_token_losses(model, batch, use_cache=False):
         logits.shape[0], -1)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa_varlen"])
 def test_packed_examples_do_not_see_each_other(tiny_llama, attn):
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attn, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    model.set_attn_implementation(attn)
     torch.manual_seed(0)
-    examples = [torch.randint(5, 300, (n,)).tolist() for n in (7, 12, 5)]
+    examples = [torch.randint(5, 300, (n,)).tolist() for n in (7, 12, 5, 9)]
     features = [{"input_ids": e, "labels": e} for e in examples]
-    packed = PadCollator(pad_id=3, multiple_of=1)([concatenate(features)])
-    assert "attention_mask" not in packed and packed["position_ids"][0].tolist() == [*range(7), *range(12), *range(5)]
-    packed_losses = per_token_losses(model, packed)[0]
-    start = 0
-    for e in examples:
+    # Two packed rows (the second padded at its end), so boundaries inside and across rows count.
+    collate = PadCollator(pad_id=3, multiple_of=8, segment_kwargs=attn == "sdpa_varlen")
+    packed = collate([concatenate(features[:3]), concatenate(features[3:])])
+    assert "attention_mask" not in packed and packed["position_ids"][0, :24].tolist() == [*range(7), *range(12), *range(5)]
+    losses = per_token_losses(model, packed)
+    starts = [(0, 0), (0, 7), (0, 19), (1, 0)]
+    for (row, start), e in zip(starts, examples):
         alone = per_token_losses(model, {"input_ids": torch.tensor([e])})[0]
         # within an example, every next-token loss equals the example run on its own
-        assert torch.allclose(packed_losses[start:start + len(e) - 1], alone, atol=1e-5)
-        start += len(e)
-    # Control: with the KV cache on, transformers ignores the restarts and later examples see earlier ones.
+        assert torch.allclose(losses[row, start:start + len(e) - 1], alone, atol=1e-5)
     leaky = per_token_losses(model, packed, use_cache=True)[0]
-    assert (leaky[7:18] - packed_losses[7:18]).abs().max() > 1e-3
+    if attn == "sdpa_varlen":
+        # It splits at the boundaries it is given, so it isolates even where the mask would not.
+        assert packed["cu_seq_lens_q"].tolist() == [0, 7, 19, 24, 33, 48]  # row 1: 9 tokens + 15 padding
+        assert torch.allclose(leaky, losses[0], atol=1e-5)
+    else:
+        # Control: with the KV cache on, transformers ignores the restarts and later examples see earlier ones.
+        assert (leaky[7:18] - losses[0, 7:18]).abs().max() > 1e-3
 
 
 def test_first_label_of_each_packed_example_is_masked():
@@ -77,9 +84,12 @@ def one_sgd_step(tmp_path, base, **data):
 
 
 def test_packed_and_padding_free_training_equal_padded(tmp_path, tiny_llama):
-    padded = one_sgd_step(tmp_path / "a", tiny_llama)
+    padded = one_sgd_step(tmp_path / "a", tiny_llama, batching="padded")
     packed = one_sgd_step(tmp_path / "b", tiny_llama, packing=True)
-    free = one_sgd_step(tmp_path / "c", tiny_llama, batching="padding_free")
+    free = one_sgd_step(tmp_path / "c", tiny_llama)  # the default: padding-free, attention per example
+    assert json.loads((tmp_path / "c" / "out" / "summary.json").read_text())["batching"] == "padding_free"
+    # The saved model names plain sdpa, so it loads without tunesmith's attention registered.
+    assert "sdpa_varlen" not in (tmp_path / "c" / "out" / "final" / "config.json").read_text()
     rows = load_from_disk(str(tmp_path / "b" / "out" / "data"))["train"]
     assert len(rows) == 2 and sorted(n for r in rows["seq_lengths"] for n in r) == sorted(
         len(r) for r in load_from_disk(str(tmp_path / "a" / "out" / "data"))["train"]["input_ids"])

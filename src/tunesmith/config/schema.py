@@ -128,7 +128,9 @@ class DataConfig(Strict):
     assistant_turns: Literal["all", "last"] = "all"
     max_length: int = Field(2048, gt=1)
     packing: bool = Field(False, description="pack several examples per row (best-fit-decreasing); examples never attend to each other")
-    batching: Literal["padded", "padding_free"] = Field("padded", description="padding_free: each batch becomes one row with position_ids")
+    batching: Literal["auto", "padded", "padding_free"] = Field(
+        "auto", description="padding_free: each batch becomes one row with position_ids, attention per example; "
+                            "auto: padding_free where the model's attention takes example boundaries, else padded")
     overlength: Literal["drop", "truncate", "error"] = "drop"
     bad_rows: Literal["error", "skip"] = "error"
     num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default: all cores for large data")

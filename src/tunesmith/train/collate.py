@@ -3,13 +3,17 @@ padding-free (the whole batch as one row). Padding never carries a label.
 
 Packed and padding-free batches carry `position_ids` that restart at 0 for each example and no
 attention mask: transformers then isolates the examples (see data/pack.py). Padding at the end
-of such a row gets positions of its own, so it forms a separate, unlabelled sequence.
+of such a row gets positions of its own, so it forms a separate, unlabelled sequence. With
+`segment_kwargs` they also carry the example boundaries (`cu_seq_lens_q` ...), which
+flash-attention varlen and tunesmith's sdpa_varlen use to attend within each example only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from tunesmith.train.attention import segment_kwargs as boundaries
 
 IGNORE = -100
 
@@ -19,6 +23,7 @@ class PadCollator:
     pad_id: int
     multiple_of: int = 8
     padding_free: bool = False
+    segment_kwargs: bool = False  # add example boundaries for varlen attention
     trained_tokens: int = 0  # loss-bearing tokens handed out so far (for tokens/s)
     tokens: int = 0  # non-pad tokens handed out so far
 
@@ -44,7 +49,8 @@ class PadCollator:
         self.trained_tokens += int((labels[:, 1:] != IGNORE).sum())  # position 0 is never predicted
         self.tokens += int(attention.sum())
         if with_positions:
-            return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+            batch = {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+            return {**batch, **boundaries(positions)} if self.segment_kwargs else batch
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 

@@ -50,8 +50,8 @@ class TrainedTokenLossTrainer(Trainer):
         # Accelerate applies mixed precision by wrapping model.forward; we call the decoder
         # directly, so enter its autocast context ourselves.
         with self.accelerator.autocast():
-            hidden = lm.model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                              position_ids=inputs.get("position_ids"), use_cache=False).last_hidden_state
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}  # incl. varlen boundaries
+            hidden = lm.model(**model_inputs, use_cache=False).last_hidden_state
             targets = labels[:, 1:]
             keep = targets != IGNORE
             logits = lm.lm_head(hidden[:, :-1][keep])

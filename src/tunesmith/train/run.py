@@ -21,6 +21,7 @@ from tunesmith.data.tokenize import load_tokenizer
 from tunesmith.data.write import read_meta
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.train import artifacts
+from tunesmith.train.attention import supports_varlen, use_plain_sdpa, use_varlen_sdpa
 from tunesmith.train.arguments import check_training_keys, training_arguments
 from tunesmith.train.collate import PadCollator
 from tunesmith.train.loss import TrainedTokenLossTrainer
@@ -47,7 +48,13 @@ def train(cfg: Config) -> dict:
     # Model and Trainer.
     model = load_model(cfg, tokenizer)
     args = training_arguments(cfg, has_eval=eval_ds is not None)
-    collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=cfg.data.batching == "padding_free")
+    varlen = supports_varlen(model)
+    if varlen:
+        use_varlen_sdpa(model)
+    batching = resolve_batching(cfg.data.batching, varlen)
+    collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free", segment_kwargs=varlen)
+    print(f"tunesmith: batches {'packed rows' if cfg.data.packing else batching}"
+          f"{', attention per example' if varlen else ''}", file=sys.stderr)
     metrics = MetricsCallback(out / "metrics.jsonl", collator)
     callbacks = [metrics]
     if cfg.model.early_stopping_patience:
@@ -64,6 +71,7 @@ def train(cfg: Config) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
 
     # Artifacts.
+    use_plain_sdpa(trainer.model)
     final = artifacts.save_final(trainer.model, tokenizer, out, cfg)
     merged = artifacts.save_merged(trainer.model, tokenizer, out) if cfg.model.merge and cfg.model.method != "full" else None
     eval_loss = final_eval_loss(trainer, metrics.records) if eval_ds is not None else None
@@ -84,6 +92,7 @@ def train(cfg: Config) -> dict:
         "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "batching": "packed" if cfg.data.packing else batching, "attention_per_example": varlen,
         "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
     }
     artifacts.write_summary(out, summary)
@@ -91,6 +100,15 @@ def train(cfg: Config) -> dict:
         artifacts.upload(out, cfg.model.upload_to)
     print(f"tunesmith: trained {summary['steps']} steps in {summary['wall_seconds']}s; model in {final}", file=sys.stderr)
     return summary
+
+
+def resolve_batching(batching: str, varlen: bool) -> str:
+    """auto: one padding-free row per batch when attention can run per example (no padding, no
+    masked-out work); otherwise padded rows, since a block mask over the whole batch costs more
+    than the padding it saves."""
+    if batching == "auto":
+        return "padding_free" if varlen else "padded"
+    return batching
 
 
 def training_columns(ds, sampling: str = "random"):

@@ -1,0 +1,76 @@
+"""Attention over packed rows, one example at a time.
+
+transformers isolates packed examples on sdpa by building a block-diagonal mask over the whole
+row. The CPU and GPU sdpa kernels then compute every block of the row, including the blocks the
+mask throws away (and, with a mask, they cannot skip the upper triangle either). `sdpa_varlen`
+instead splits the row at the example boundaries the collator hands over (`cu_seq_lens_q`, the
+same kwargs flash-attention's varlen kernel reads) and runs causal sdpa on each example: the
+same result, without the masked-out work. Calls without those kwargs (generation, padded
+batches, models that do not pass kwargs down) fall back to plain sdpa with transformers' mask,
+so isolation never depends on this function being reached.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+NAME = "sdpa_varlen"
+# Model types whose decoder passes attention kwargs down to the attention function (checked by
+# tests/test_packing.py for llama; the others share its code in this transformers version).
+VARLEN_OK = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
+
+
+def supports_varlen(model) -> bool:
+    """True when segment kwargs reach this model's attention and its attention can use them."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return (getattr(lm.config, "model_type", None) in VARLEN_OK
+            and lm.config._attn_implementation in ("sdpa", NAME, "flash_attention_2", "flash_attention_3"))
+
+
+def use_varlen_sdpa(model) -> None:
+    """Switch an sdpa model to sdpa_varlen (flash-attention reads the same kwargs natively)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if lm.config._attn_implementation == "sdpa":
+        lm.set_attn_implementation(NAME)
+
+
+def use_plain_sdpa(model) -> None:
+    """Back to sdpa before saving, so the saved model loads without tunesmith."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if lm.config._attn_implementation == NAME:
+        lm.set_attn_implementation("sdpa")
+
+
+def segment_kwargs(position_ids: torch.Tensor) -> dict:
+    """Example boundaries of a (rows, width) batch whose positions restart at 0 for each example,
+    as flash-attention varlen kwargs over the flattened batch."""
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    cu = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+def sdpa_varlen_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                        **kwargs):
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    rows, heads, width, dim = query.shape
+    lengths = cu.diff().tolist()
+    # (rows, heads, width, dim) -> (1, heads, rows * width, dim): examples are contiguous spans.
+    q, k, v = (x.transpose(0, 1).reshape(1, x.shape[1], rows * width, dim) for x in (query, key, value))
+    gqa = k.shape[1] != heads
+    outs = [F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scaling, enable_gqa=gqa,
+                                           dropout_p=dropout)
+            for qs, ks, vs in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))]
+    out = torch.cat(outs, dim=2).view(heads, rows, width, dim)
+    return out.permute(1, 2, 0, 3).contiguous(), None  # (rows, width, heads, dim), like sdpa_attention_forward
+
+
+AttentionInterface.register(NAME, sdpa_varlen_forward)
+ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
