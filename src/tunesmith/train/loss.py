@@ -1,6 +1,7 @@
 """Loss on trained tokens only: the decoder runs on the whole row, but the vocabulary projection
 (lm_head, the largest matmul for small models with big vocabularies) and the softmax run only at
-positions that carry a label. With prompts masked, that is often under a tenth of the positions.
+positions that carry a label, a chunk of positions at a time (chunked_ce.py), so the logits of
+all trained positions never exist at once.
 
 The loss is summed and divided by `num_items_in_batch` (trained tokens across the gradient
 accumulation steps), which is what the Trainer passes to models that accept loss kwargs, so
@@ -11,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
+
+from tunesmith.train.chunked_ce import linear_cross_entropy_sum
 
 IGNORE = -100
 # Architectures whose logits are exactly lm_head(last_hidden_state): no soft-capping or scaling.
@@ -54,7 +57,9 @@ class TrainedTokenLossTrainer(Trainer):
             hidden = lm.model(**model_inputs, use_cache=False).last_hidden_state
             targets = labels[:, 1:]
             keep = targets != IGNORE
-            logits = lm.lm_head(hidden[:, :-1][keep])
-        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            if type(lm.lm_head) is torch.nn.Linear and lm.lm_head.bias is None:
+                loss = linear_cross_entropy_sum(hidden[:, :-1][keep], lm.lm_head.weight, targets[keep])
+            else:  # a wrapped head (e.g. LoRA on lm_head): its own forward, logits at trained positions
+                loss = F.cross_entropy(lm.lm_head(hidden[:, :-1][keep]).float(), targets[keep], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
         return loss / count.to(loss.device) if torch.is_tensor(count) else loss / count

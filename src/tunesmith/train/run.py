@@ -22,6 +22,7 @@ from tunesmith.data.write import read_meta
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.train import artifacts
 from tunesmith.train.attention import supports_varlen, use_plain_sdpa, use_varlen_sdpa
+from tunesmith.train.autocast import share_norm_casts
 from tunesmith.train.arguments import check_training_keys, training_arguments
 from tunesmith.train.collate import PadCollator
 from tunesmith.train.loss import TrainedTokenLossTrainer
@@ -48,6 +49,7 @@ def train(cfg: Config) -> dict:
     # Model and Trainer.
     model = load_model(cfg, tokenizer)
     args = training_arguments(cfg, has_eval=eval_ds is not None)
+    share_norm_casts(model)
     varlen = supports_varlen(model)
     if varlen:
         use_varlen_sdpa(model)

@@ -1,0 +1,39 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunesmith.train.chunked_ce import linear_cross_entropy_sum
+
+
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_chunked_loss_and_gradients_equal_the_plain_ones(weight_grad):
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_grad)
+    targets = torch.randint(0, 50, (37,))
+    scale = 1 / 29  # like dividing by the trained tokens of the accumulated batch
+    (F.cross_entropy(hidden @ weight.T, targets, reduction="sum") * scale).backward()
+    want = hidden.grad.clone(), weight.grad.clone() if weight_grad else None
+    want_loss = F.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    hidden.grad = weight.grad = None
+    loss = linear_cross_entropy_sum(hidden, weight, targets, chunk=8)  # 37 rows: chunks of 8, 8, 8, 8, 5
+    (loss * scale).backward()
+    assert torch.allclose(loss, want_loss.float(), rtol=1e-6)
+    assert torch.allclose(hidden.grad, want[0], atol=1e-6)  # softmax runs in fp32
+    if weight_grad:
+        assert torch.allclose(weight.grad, want[1].to(weight.grad.dtype), atol=1e-6)
+    else:
+        assert weight.grad is None
+
+
+def test_chunked_loss_under_bf16_autocast_matches_lm_head_in_bf16():
+    torch.manual_seed(0)
+    hidden = torch.randn(20, 32, requires_grad=True)
+    weight = torch.randn(64, 32, requires_grad=True)
+    targets = torch.randint(0, 64, (20,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
+        got = linear_cross_entropy_sum(hidden, weight, targets, chunk=6)
+    assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-3)
+    got.backward()
+    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
