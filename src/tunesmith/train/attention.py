@@ -17,29 +17,31 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from tunesmith.train.model import base_causal_lm
+
 NAME = "sdpa_varlen"
 # Model types whose decoder passes attention kwargs down to the attention function (checked by
-# tests/test_packing.py for llama; the others share its code in this transformers version).
+# tests/test_pack.py for llama; the others share its code in this transformers version).
 VARLEN_OK = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
 
 
 def supports_varlen(model) -> bool:
     """True when segment kwargs reach this model's attention and its attention can use them."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_causal_lm(model)
     return (getattr(lm.config, "model_type", None) in VARLEN_OK
             and lm.config._attn_implementation in ("sdpa", NAME, "flash_attention_2", "flash_attention_3"))
 
 
 def use_varlen_sdpa(model) -> None:
     """Switch an sdpa model to sdpa_varlen (flash-attention reads the same kwargs natively)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_causal_lm(model)
     if lm.config._attn_implementation == "sdpa":
         lm.set_attn_implementation(NAME)
 
 
 def use_plain_sdpa(model) -> None:
     """Back to sdpa before saving, so the saved model loads without tunesmith."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_causal_lm(model)
     if lm.config._attn_implementation == NAME:
         lm.set_attn_implementation("sdpa")
 

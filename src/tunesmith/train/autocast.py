@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from tunesmith.train.loss import SELECTIVE_OK, base_causal_lm
+from tunesmith.train.loss import SELECTIVE_OK
+from tunesmith.train.model import base_causal_lm
 
 # Norms whose output only feeds linear layers in these architectures (not sandwich norms).
 NORMS_BEFORE_LINEARS = ("input_layernorm", "post_attention_layernorm")

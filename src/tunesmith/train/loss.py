@@ -14,15 +14,11 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from tunesmith.train.chunked_ce import linear_cross_entropy_sum
+from tunesmith.train.model import base_causal_lm
 
 IGNORE = -100
 # Architectures whose logits are exactly lm_head(last_hidden_state): no soft-capping or scaling.
 SELECTIVE_OK = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
-
-
-def base_causal_lm(model):
-    """The *ForCausalLM inside a PEFT wrapper, or the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def supports_selective_loss(model) -> bool:

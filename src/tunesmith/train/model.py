@@ -42,6 +42,11 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
     return model
 
 
+def base_causal_lm(model):
+    """The *ForCausalLM inside a PEFT wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def dequantized_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
     """The same architecture and weights as a plain model (no quantization_config). transformers
     dequantizes GGUF on load but marks the model quantized, so Trainer and save_pretrained refuse it."""

@@ -55,7 +55,8 @@ def train(cfg: Config) -> dict:
         use_varlen_sdpa(model)
     batching = resolve_batching(cfg.data.batching, varlen)
     collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free", segment_kwargs=varlen)
-    print(f"tunesmith: batches {'packed rows' if cfg.data.packing else batching}"
+    layout = "packed" if cfg.data.packing else batching
+    print(f"tunesmith: batches {layout}"
           f"{', attention per example' if varlen else ''}", file=sys.stderr)
     metrics = MetricsCallback(out / "metrics.jsonl", collator)
     callbacks = [metrics]
@@ -94,7 +95,7 @@ def train(cfg: Config) -> dict:
         "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        "batching": "packed" if cfg.data.packing else batching, "attention_per_example": varlen,
+        "batching": layout, "attention_per_example": varlen,
         "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
     }
     artifacts.write_summary(out, summary)
