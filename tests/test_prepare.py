@@ -244,3 +244,24 @@ def test_remote_sources_through_fsspec(tmp_path, tok_dir, monkeypatch):
         cfg = {"base_model": str(tok_dir), "output_dir": "out", "data": {"train": train}}
         assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 0, train
         assert load_from_disk(str(tmp_path / "out" / "data"))["train"][0]["full_text"] == "pr</s>"
+
+
+def test_worker_processes_write_the_same_rows_and_report(tmp_path, tok_dir):
+    # Batches in several processes, token columns built as Arrow arrays: same result as one process,
+    # dropped and bad rows still counted, column types as declared.
+    rows = [{"prompt": f"question {i} " * (1 + i % 7), "response": f"answer {i}"} for i in range(60)]
+    rows[7] = {"prompt": "long " * 80, "response": "x"}
+    rows[11] = {"prompt": "p", "response": ""}
+    results = []
+    for procs in (1, 2):
+        assert run_prep(tmp_path, tok_dir, rows, max_length=100, bad_rows="skip", num_proc=procs) == 0
+        ds = load_from_disk(str(tmp_path / "out" / "data"))["train"]
+        report = json.loads((tmp_path / "out" / "data" / "prep_report.json").read_text())["splits"]["train"]
+        results.append((ds.to_dict(), {k: report[k] for k in ("rows_read", "rows_kept", "dropped", "tokens", "trained_tokens")}))
+        assert {k: str(v.feature.dtype) for k, v in ds.features.items() if k != "full_text"} == \
+            {"input_ids": "int32", "labels": "int32", "attention_mask": "int8"}
+    assert results[0] == results[1]
+    data, report = results[0]
+    assert report["rows_read"] == 60 and report["rows_kept"] == 58 and set(report["dropped"]) == {"too_long", "bad_row"}
+    assert all(m == [1] * len(ids) for ids, m in zip(data["input_ids"], data["attention_mask"]))
+    assert sum(len(ids) for ids in data["input_ids"]) == report["tokens"]

@@ -133,7 +133,7 @@ class DataConfig(Strict):
                             "auto: padding_free where the model's attention takes example boundaries, else padded")
     overlength: Literal["drop", "truncate", "error"] = "drop"
     bad_rows: Literal["error", "skip"] = "error"
-    num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default: all cores for large data")
+    num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default for 20k+ rows: one per two cores (the tokenizer threads each batch)")
     output: str | None = Field(None, description="default: <output_dir>/data")
     export: list[Literal["jsonl", "parquet"]] = Field(default_factory=list)
 
