@@ -6,7 +6,8 @@ from tunesmith.train.chunked_ce import linear_cross_entropy_sum
 
 
 @pytest.mark.parametrize("weight_grad", [True, False])
-def test_chunked_loss_and_gradients_equal_the_plain_ones(weight_grad):
+@pytest.mark.parametrize("group", [2048, 16])  # one weight-gradient matmul, or three (16, 16, 5 positions)
+def test_chunked_loss_and_gradients_equal_the_plain_ones(weight_grad, group):
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_grad)
@@ -16,7 +17,7 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones(weight_grad):
     want = hidden.grad.clone(), weight.grad.clone() if weight_grad else None
     want_loss = F.cross_entropy(hidden @ weight.T, targets, reduction="sum")
     hidden.grad = weight.grad = None
-    loss = linear_cross_entropy_sum(hidden, weight, targets, chunk=8)  # 37 rows: chunks of 8, 8, 8, 8, 5
+    loss = linear_cross_entropy_sum(hidden, weight, targets, chunk=8, group=group)  # 37 rows: uneven chunks
     (loss * scale).backward()
     assert torch.allclose(loss, want_loss.float(), rtol=1e-6)
     assert torch.allclose(hidden.grad, want[0], atol=1e-6)  # softmax runs in fp32
@@ -37,3 +38,19 @@ def test_chunked_loss_under_bf16_autocast_matches_lm_head_in_bf16():
     assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-3)
     got.backward()
     assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+
+
+def test_kept_buffers_give_right_results_when_batches_change_size():
+    # The working buffers are kept between calls and grown or viewed smaller: each call must still
+    # see only its own positions.
+    torch.manual_seed(0)
+    weight = torch.randn(50, 16, dtype=torch.float64)
+    for n in (37, 5, 60, 1):
+        hidden = torch.randn(n, 16, dtype=torch.float64, requires_grad=True)
+        targets = torch.randint(0, 50, (n,))
+        loss = linear_cross_entropy_sum(hidden, weight, targets, chunk=8, group=16)
+        loss.backward()
+        want = F.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+        assert torch.allclose(loss, want.float(), rtol=1e-6)
+        want_grad = torch.autograd.grad(F.cross_entropy(hidden @ weight.T, targets, reduction="sum"), hidden)[0]
+        assert torch.allclose(hidden.grad, want_grad, atol=1e-6)

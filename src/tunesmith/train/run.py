@@ -24,6 +24,7 @@ from tunesmith.train import artifacts
 from tunesmith.train.attention import supports_varlen, use_plain_sdpa, use_varlen_sdpa
 from tunesmith.train.autocast import share_norm_casts
 from tunesmith.train.arguments import check_training_keys, training_arguments
+from tunesmith.train.chunked_ce import release_buffers
 from tunesmith.train.collate import PadCollator
 from tunesmith.train.loss import TrainedTokenLossTrainer
 from tunesmith.train.metrics import MetricsCallback
@@ -72,6 +73,7 @@ def train(cfg: Config) -> dict:
         (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
     artifacts.write_run_config(cfg, out)
     result = trainer.train(resume_from_checkpoint=resume)
+    release_buffers()  # the loss's working memory, kept between steps
 
     # Artifacts.
     use_plain_sdpa(trainer.model)
