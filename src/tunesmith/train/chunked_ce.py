@@ -24,7 +24,10 @@ _buffers: dict[tuple, torch.Tensor] = {}
 
 
 def _buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A kept working buffer at least `shape` large (grown when needed), viewed as `shape`."""
+    """A kept working buffer at least `shape` large (grown when needed), viewed as `shape`.
+    Only on the CPU: GPU allocators cache freed blocks themselves."""
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
     key = (name, dtype, device)
     size = 1
     for n in shape:
