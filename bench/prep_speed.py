@@ -70,7 +70,9 @@ def tunesmith_prep(data: Path, tokenizer_ref: str, out: Path, num_proc: int | No
     return time.perf_counter() - start, report["splits"]["train"]["tokens"], load_seconds
 
 
-SIDES = {"plain1": ("datasets.map (1 process)", plain_map, None), "plain2": ("datasets.map ({cores} processes)", plain_map, "cores"),
+CORES = os.cpu_count()
+SIDES = {"plain1": ("datasets.map (1 process)", plain_map, None),
+         "plain2": (f"datasets.map ({CORES} processes)", plain_map, CORES),
          "tunesmith": ("tunesmith prep (default)", tunesmith_prep, None)}
 
 
@@ -92,11 +94,10 @@ def main() -> None:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    cores = os.cpu_count()
     disable_progress_bars()
     if args.side:
         _, fn, procs = SIDES[args.side]
-        seconds, tokens, load = fn(Path(args.data), args.tokenizer, Path(args.out), cores if procs == "cores" else procs)
+        seconds, tokens, load = fn(Path(args.data), args.tokenizer, Path(args.out), procs)
         print(json.dumps({"seconds": seconds, "tokens": tokens, "load": load}))
         return
     if args.tokenizer is None:
@@ -109,7 +110,6 @@ def main() -> None:
         results = {}
         for _ in range(args.rounds):  # interleaved, so a slow spell on a shared machine hits both sides
             for side, (name, _, _) in SIDES.items():
-                name = name.format(cores=cores)
                 r = run_side(side, data, args.tokenizer, tmp / "out")
                 shutil.rmtree(tmp / "out", ignore_errors=True)
                 seconds, tokens, load = r["seconds"], r["tokens"], r["load"]
@@ -118,7 +118,7 @@ def main() -> None:
                                      "load_s": round(load, 2), "tokens_per_s_no_load": round(tokens / (seconds - load))}
     base = max(r["tokens_per_s"] for n, r in results.items() if n.startswith("datasets.map"))
     base_no_load = max(r["tokens_per_s_no_load"] for n, r in results.items() if n.startswith("datasets.map"))
-    print(f"\n{args.rows:,} dolly rows, tokenizer {Path(args.tokenizer).name}, {cores} cores, best of {args.rounds}, each run its own process")
+    print(f"\n{args.rows:,} dolly rows, tokenizer {Path(args.tokenizer).name}, {CORES} cores, best of {args.rounds}, each run its own process")
     print("each side: load tokenizer + read JSONL + tokenize + save to disk (tunesmith also masks, checks, reports);")
     print("the plain map reads the tokenizer from the .gguf; tunesmith from its converted cache (made once)\n")
     print(f"{'':28} {'seconds':>8} {'of it load':>10} {'tokens':>12} {'tokens/s':>10} {'ratio':>6} "
