@@ -54,3 +54,19 @@ def test_kept_buffers_give_right_results_when_batches_change_size():
         assert torch.allclose(loss, want.float(), rtol=1e-6)
         want_grad = torch.autograd.grad(F.cross_entropy(hidden @ weight.T, targets, reduction="sum"), hidden)[0]
         assert torch.allclose(hidden.grad, want_grad, atol=1e-6)
+
+
+def test_fp32_inputs_project_straight_into_the_fp32_logits():
+    # Without autocast in fp32 the projection writes the softmax buffer directly (no second copy).
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    loss = linear_cross_entropy_sum(hidden, weight, targets, chunk=8, group=16)
+    loss.backward()
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    want = F.cross_entropy(h64 @ w64.T, targets, reduction="sum")
+    want.backward()
+    assert torch.allclose(loss.double(), want, rtol=1e-5)
+    assert torch.allclose(hidden.grad.double(), h64.grad, atol=1e-4)
+    assert torch.allclose(weight.grad.double(), w64.grad, atol=1e-4)

@@ -9,6 +9,8 @@ projection runs in the autocast dtype like lm_head would, softmax in fp32.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 # Memory is chosen for the CPU allocator, which has no cache: a block over 32 MB is mmapped fresh
@@ -29,9 +31,7 @@ def _buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
     if device.type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
     key = (name, dtype, device)
-    size = 1
-    for n in shape:
-        size *= n
+    size = math.prod(shape)
     buf = _buffers.get(key)
     if buf is None or buf.numel() < size:
         _buffers.pop(key, None)  # free the old one before the larger one is made
@@ -64,7 +64,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 end = min(start + chunk, last)
                 h, t = h_all[start:end], targets[start:end]
                 logits = _buffer("logits", (end - start, vocab), torch.float32, dev)
-                logits.copy_(torch.mm(h, w.T, out=_buffer("logits_low", (end - start, vocab), dtype, dev)))
+                if dtype == torch.float32:
+                    torch.mm(h, w.T, out=logits)
+                else:  # the projection in the autocast dtype, like lm_head; the softmax in fp32
+                    logits.copy_(torch.mm(h, w.T, out=_buffer("logits_low", (end - start, vocab), dtype, dev)))
                 # loss = logsumexp - logit of the target; gradient = softmax - one_hot(target)
                 top = logits.amax(dim=-1, keepdim=True)
                 target_logit = logits.gather(1, t[:, None])
@@ -78,7 +81,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad_hidden[start:end] = grad_chunk @ w
             if want_weight_grad:
                 part = torch.mm(grad_logits.T, h_all[first:last], out=_buffer("grad_weight_low", tuple(weight.shape), dtype, dev))
-                grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
+                # a copy even in fp32: `part` is a kept buffer that the next group overwrites
+                grad_weight = part.to(torch.float32, copy=True) if grad_weight is None else grad_weight.add_(part)
         ctx.save_for_backward(grad_hidden, grad_weight if want_weight_grad else torch.empty(0))
         ctx.want_weight_grad, ctx.hidden_dtype, ctx.weight_dtype = want_weight_grad, hidden.dtype, weight.dtype
         return total
