@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from helpers import write_config, write_jsonl
 from tunesmith.cli import main
 from tunesmith.data.pack import plan_bins
+from tunesmith.train.attention import sdpa_varlen_forward
 from tunesmith.train.collate import PadCollator, concatenate
 
 
@@ -62,6 +63,24 @@ def test_packed_examples_do_not_see_each_other(tiny_llama, attn):
     else:
         # Control: with the KV cache on, transformers ignores the restarts and later examples see earlier ones.
         assert (leaky[7:18] - losses[0, 7:18]).abs().max() > 1e-3
+
+
+def test_varlen_attention_under_bf16_autocast_runs_in_fp32_and_hands_on_bf16():
+    # Under bf16 autocast the rotary embedding hands q and k over in fp32 and v in bf16; on the
+    # CPU the kernel runs in fp32 (faster there) and the output is bf16, as sdpa's would be.
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 20, 16, requires_grad=True)
+    k = torch.randn(1, 2, 20, 16, requires_grad=True)
+    v = torch.randn(1, 2, 20, 16).bfloat16().requires_grad_()
+    cu = torch.tensor([0, 12, 20], dtype=torch.int32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = sdpa_varlen_forward(None, q, k, v, None, cu_seq_lens_q=cu)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 20, 4, 16)
+    ref = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e].float(), is_causal=True,
+                                                    enable_gqa=True) for s, e in ((0, 12), (12, 20))], 2)
+    assert torch.equal(out, ref.transpose(1, 2).bfloat16())  # fp32 attention per example, rounded once
+    out.float().square().sum().backward()
+    assert q.grad.dtype == torch.float32 and v.grad.dtype == torch.bfloat16 and v.grad.abs().sum() > 0
 
 
 def test_first_label_of_each_packed_example_is_masked():
