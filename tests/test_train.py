@@ -228,6 +228,33 @@ def test_report_to_an_integration_that_is_not_installed_is_a_clear_error(tmp_pat
     assert "unknown integration 'tensorbored'" in capsys.readouterr().err
 
 
+def test_gpu_defaults_take_flash_attention_and_liger_only_where_they_run():
+    from tunesmith.train.arguments import _liger_problems, default_liger
+    from tunesmith.train.model import resolve_attn_implementation
+
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert resolve_attn_implementation("auto", bf16, cuda=True, flash_installed=True) == "flash_attention_2"
+    assert resolve_attn_implementation("auto", fp32, cuda=True, flash_installed=True) == "sdpa"  # flash needs bf16/fp16
+    assert resolve_attn_implementation("auto", bf16, cuda=True, flash_installed=False) == "sdpa"
+    assert resolve_attn_implementation("auto", bf16, cuda=False, flash_installed=True) == "sdpa"
+    assert resolve_attn_implementation("eager", bf16, cuda=True, flash_installed=True) == "eager"
+    assert default_liger(cuda=True, installed=True) and not default_liger(cuda=True, installed=False)
+    assert not default_liger(cuda=False, installed=True)
+    assert "pip install liger-kernel" in _liger_problems(True, cuda=True, installed=False)[0]
+    assert _liger_problems(True, cuda=True, installed=True) == [] and _liger_problems(False, cuda=False) == []
+
+
+def test_auto_attention_on_cpu_trains_with_sdpa_and_liger_asked_for_without_gpu_is_a_clear_error(tmp_path, tiny_llama, capsys):
+    cfg_path = setup_run(tmp_path, tiny_llama, training={"use_liger_kernel": True})
+    assert main(["run", str(cfg_path)]) == 2
+    assert "training.use_liger_kernel: Liger's kernels need a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "final").exists()
+    cfg_path = setup_run(tmp_path, tiny_llama, training={"max_steps": 2})
+    assert main(["run", str(cfg_path)]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["attention"] == "sdpa" and summary["attention_per_example"] and summary["liger_kernels"] is False
+
+
 def test_data_from_an_older_identity_record_is_accepted():
     from tunesmith.data.identity import same_tokenizer
 

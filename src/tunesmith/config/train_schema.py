@@ -24,7 +24,8 @@ class LoraConfig(_Strict):
 class ModelConfig(_Strict):
     method: Literal["full", "lora", "qlora"] = "full"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
+        "auto", description="auto: flash_attention_2 on a CUDA GPU when flash-attn is installed, else sdpa")
     trust_remote_code: bool = False
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quantization_bits: Literal[4, 8] = Field(4, description="QLoRA: load the base model in 4 or 8 bits (CUDA only)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
+from transformers.utils import is_liger_kernel_available
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import ConfigError
@@ -30,6 +31,7 @@ def check_training_keys(training: dict) -> None:
             tip = f"did you mean '{close[0]}'?" if close else "not a TrainingArguments field in this transformers version"
             problems.append(f"  training.{key}: unknown key; {tip}")
     problems += _report_to_problems(training.get("report_to"))
+    problems += _liger_problems(training.get("use_liger_kernel"))
     if problems:
         raise ConfigError("invalid config\n" + "\n".join(problems))
 
@@ -49,6 +51,27 @@ def _report_to_problems(report_to) -> list[str]:
         elif name not in get_available_reporting_integrations():
             problems.append(f"  training.report_to: {name} is not installed; pip install {name} (into .venv), or drop it")
     return problems
+
+
+def _liger_problems(requested, cuda: bool | None = None, installed: bool | None = None) -> list[str]:
+    """Liger's kernels are Triton kernels for CUDA GPUs: asking for them elsewhere fails deep inside."""
+    if requested is not True:
+        return []
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    installed = is_liger_kernel_available() if installed is None else installed
+    if not cuda:
+        return ["  training.use_liger_kernel: Liger's kernels need a CUDA GPU and this machine has none; drop the key"]
+    if not installed:
+        return ["  training.use_liger_kernel: liger-kernel is not installed; pip install liger-kernel (into .venv), or drop the key"]
+    return []
+
+
+def default_liger(cuda: bool | None = None, installed: bool | None = None) -> bool:
+    """Liger's fused kernels (RMSNorm, SwiGLU, RoPE) on a CUDA GPU when the package is installed;
+    the Trainer applies them to the model. tunesmith's own loss calls the decoder directly, so
+    Liger's fused linear cross-entropy only serves models that fall back to the model's loss."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return cuda and (is_liger_kernel_available() if installed is None else installed)
 
 
 def cpu_supports_bf16() -> bool:
@@ -75,7 +98,7 @@ def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
         learning_rate=2e-4 if lora else 2e-5, warmup_steps=0, logging_steps=10,
         save_strategy="steps", save_steps=500, save_total_limit=2,
         eval_strategy="steps" if has_eval else "no", report_to="none",
-        bf16=default_bf16(), use_cpu=not torch.cuda.is_available(), seed=cfg.data.seed, remove_unused_columns=False, dataloader_num_workers=0,
+        bf16=default_bf16(), use_liger_kernel=default_liger(), use_cpu=not torch.cuda.is_available(), seed=cfg.data.seed, remove_unused_columns=False, dataloader_num_workers=0,
     )
     if has_eval:
         defaults["eval_steps"] = user.get("logging_steps", defaults["logging_steps"]) * 5

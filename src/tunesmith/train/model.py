@@ -5,6 +5,7 @@ import copy
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import is_flash_attn_2_available
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import ModelError
@@ -22,10 +23,22 @@ def resolve_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
+def resolve_attn_implementation(name: str, dtype: torch.dtype, cuda: bool | None = None,
+                                flash_installed: bool | None = None) -> str:
+    """`auto`: flash-attention 2 on a CUDA GPU when flash-attn is installed and the weights are
+    bf16/fp16 (its kernels take nothing else), else sdpa. Named implementations pass through."""
+    if name != "auto":
+        return name
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    flash_installed = is_flash_attn_2_available() if flash_installed is None else flash_installed
+    return "flash_attention_2" if cuda and flash_installed and dtype in (torch.bfloat16, torch.float16) else "sdpa"
+
+
 def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     m = cfg.model
     path = local_model(cfg.base_model)  # a .gguf becomes its cached plain folder
-    kwargs = dict(dtype=resolve_dtype(m.dtype), attn_implementation=m.attn_implementation,
+    dtype = resolve_dtype(m.dtype)
+    kwargs = dict(dtype=dtype, attn_implementation=resolve_attn_implementation(m.attn_implementation, dtype),
                   trust_remote_code=m.trust_remote_code)
     if m.method == "qlora":
         kwargs["quantization_config"] = _bnb_config(m.quantization_bits, kwargs["dtype"])

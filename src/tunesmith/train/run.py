@@ -28,7 +28,7 @@ from tunesmith.train.chunked_ce import release_buffers
 from tunesmith.train.collate import PadCollator
 from tunesmith.train.loss import TrainedTokenLossTrainer
 from tunesmith.train.metrics import MetricsCallback
-from tunesmith.train.model import load_model
+from tunesmith.train.model import base_causal_lm, load_model
 
 TRAIN_COLUMNS = ["input_ids", "labels", "position_ids"]  # position_ids only in packed data
 
@@ -51,14 +51,15 @@ def train(cfg: Config) -> dict:
     model = load_model(cfg, tokenizer)
     args = training_arguments(cfg, has_eval=eval_ds is not None)
     share_norm_casts(model)
+    attention = base_causal_lm(model).config._attn_implementation  # what `auto` resolved to
     varlen = supports_varlen(model)
     if varlen:
         use_varlen_sdpa(model)
     batching = resolve_batching(cfg.data.batching, varlen)
     collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free", segment_kwargs=varlen)
     layout = "packed" if cfg.data.packing else batching
-    print(f"tunesmith: batches {layout}"
-          f"{', attention per example' if varlen else ''}", file=sys.stderr)
+    print(f"tunesmith: batches {layout}, attention {attention}"
+          f"{' per example' if varlen else ''}{', Liger kernels' if args.use_liger_kernel else ''}", file=sys.stderr)
     metrics = MetricsCallback(out / "metrics.jsonl", collator)
     callbacks = [metrics]
     if cfg.model.early_stopping_patience:
@@ -97,7 +98,8 @@ def train(cfg: Config) -> dict:
         "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        "batching": layout, "attention_per_example": varlen,
+        "batching": layout, "attention": attention, "attention_per_example": varlen,
+        "liger_kernels": args.use_liger_kernel,
         "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
     }
     artifacts.write_summary(out, summary)
