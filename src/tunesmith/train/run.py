@@ -29,6 +29,7 @@ from tunesmith.train.collate import PadCollator
 from tunesmith.train.loss import TrainedTokenLossTrainer
 from tunesmith.train.metrics import MetricsCallback
 from tunesmith.train.model import base_causal_lm, load_model
+from tunesmith.train.swiglu import use_memory_saving_swiglu
 
 TRAIN_COLUMNS = ["input_ids", "labels", "position_ids"]  # position_ids only in packed data
 
@@ -51,6 +52,7 @@ def train(cfg: Config) -> dict:
     model = load_model(cfg, tokenizer)
     args = training_arguments(cfg, has_eval=eval_ds is not None)
     share_norm_casts(model)
+    use_memory_saving_swiglu(model)
     attention = base_causal_lm(model).config._attn_implementation  # what `auto` resolved to
     varlen = supports_varlen(model)
     if varlen:
