@@ -52,7 +52,7 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
-def make_tiny_llama(tok_dir: Path, out_dir: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def make_tiny_llama(tok_dir: Path, out_dir: Path, hidden: int = 64, layers: int = 2, seed: int = 0, tied: bool = True) -> Path:
     """A randomly initialised Llama-style model saved with its tokenizer: a base_model for tests."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -62,7 +62,7 @@ def make_tiny_llama(tok_dir: Path, out_dir: Path, hidden: int = 64, layers: int 
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True)
+                         tie_word_embeddings=tied)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)

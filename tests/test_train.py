@@ -205,12 +205,14 @@ def test_train_before_prep_says_what_to_do(tmp_path, tiny_llama, capsys):
 
 
 def test_resume_skips_checkpoints_cut_short_while_saving(tmp_path, capsys):
-    from tunesmith.train.run import latest_complete_checkpoint
+    from tunesmith.train.checkpoints import MARKER, latest_complete_checkpoint
 
-    for step, state in ((5, "{}"), (10, "{}"), (15, None), (20, '{"trunc')):
+    # The marker is written last, after every process finished its part of the checkpoint.
+    for step, marker in ((5, "{}"), (10, "{}"), (15, None), (20, '{"trunc')):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        if state is not None:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        if marker is not None:
+            (tmp_path / f"checkpoint-{step}" / MARKER).write_text(marker)
     assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
     assert "skipping checkpoint-20" in capsys.readouterr().err
     assert latest_complete_checkpoint(tmp_path / "none") is None
@@ -268,13 +270,13 @@ def test_models_outside_the_trained_token_path_keep_the_trainers_loss_scaling(tm
     """GPT-2 takes the Trainer's own loss: accumulation must still give the same update."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tunesmith.train.loss import supports_selective_loss
+    from tunesmith.train.loss import supports_trained_positions_loss
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    assert not supports_selective_loss(gpt2)
+    assert not supports_trained_positions_loss(gpt2)
     gpt2.save_pretrained(tmp_path / "gpt2")
     tok.save_pretrained(tmp_path / "gpt2")
     one = first_update(tmp_path / "a", tmp_path / "gpt2", per_device_train_batch_size=8)

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except TunesmithError as e:
         if args.debug:
             raise
-        print(f"tunesmith: error: {e}", file=sys.stderr)
+        where = f" (process {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"tunesmith: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tunesmith: interrupted", file=sys.stderr)
@@ -78,7 +79,7 @@ def run_command(args: argparse.Namespace) -> int:
         run_demo(args.config, args.overrides)
         return 0
     cfg = load_config(args.config, args.overrides)
-    if cfg.seed_compat:
+    if cfg.seed_compat and os.environ.get("RANK", "0") == "0":  # said once under a launcher
         print("tunesmith: read a seed-style (two-step workflow) config; translated:", file=sys.stderr)
         for note in cfg.seed_compat:
             print(f"  - {note}", file=sys.stderr)
@@ -91,10 +92,15 @@ def run_command(args: argparse.Namespace) -> int:
 
         if args.command == "run":
             from tunesmith.data.prepare import prepare
+            from tunesmith.train import distributed
             from tunesmith.train.arguments import check_training_keys
 
             check_training_keys(cfg.training)  # before spending time on data preparation (train checks again)
-            prepare(cfg)
+            # Under a launcher the main process prepares the data once; the others wait, then read it.
+            distributed.init_process_group(cfg.training.get("ddp_timeout", 1800))
+            if distributed.is_main_process():
+                prepare(cfg)
+            distributed.barrier()
         train(cfg)
     elif args.command == "preview":
         from tunesmith.data.preview import preview

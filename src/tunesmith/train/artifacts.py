@@ -10,18 +10,43 @@ from transformers import GenerationConfig
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import ConfigError
+from tunesmith.train.distributed import barrier, is_distributed, is_main_process
 from tunesmith.train.metrics import read_metrics
 
 
-def save_final(model, tokenizer, out: Path, cfg: Config) -> Path:
-    """The trained model (or LoRA adapter) with its tokenizer and generation config, atomically."""
-    extra = {"tunesmith_base_model.txt": cfg.base_model + "\n"} if cfg.model.method in ("lora", "qlora") else {}
-    return save_folder(model, tokenizer, out / "final", extra)
+def save_final(trainer, tokenizer, out: Path, cfg: Config) -> Path:
+    """The trained model (or LoRA adapter) with its tokenizer and generation config, atomically.
+
+    Every process takes part: the Trainer's save path gathers whole weights from sharded engines
+    (FSDP's full state dict, ZeRO-3's 16-bit gather) and only the main process writes."""
+    target, tmp = out / "final", out / ".final.tmp"
+    if is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    trainer.save_model(str(tmp))
+    if is_main_process():
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of every training setting, tokens included
+        tokenizer.save_pretrained(tmp)
+        generation_config(trainer.model, tokenizer).save_pretrained(tmp)
+        if cfg.model.method in ("lora", "qlora"):
+            (tmp / "tunesmith_base_model.txt").write_text(cfg.base_model + "\n")
+        replace_folder(tmp, target)
+    barrier()
+    return target
 
 
-def save_merged(model, tokenizer, out: Path) -> Path:
-    """LoRA folded into the base weights: a plain model folder."""
-    return save_folder(model.merge_and_unload(), tokenizer, out / "merged")
+def save_merged(trainer, tokenizer, out: Path, cfg: Config) -> Path:
+    """LoRA folded into the base weights: a plain model folder. Under several processes the
+    weights in memory may be shards, so the main process merges the saved adapter instead."""
+    target = out / "merged"
+    if not is_distributed():
+        return save_folder(trainer.model.merge_and_unload(), tokenizer, target)
+    if is_main_process():
+        from tunesmith.infer.merge import merge
+
+        merge(cfg, str(out / "final"), str(target))
+    barrier()
+    return target
 
 
 def generation_config(model, tokenizer) -> GenerationConfig:
@@ -42,6 +67,10 @@ def save_folder(model, tokenizer, target: Path, extra: dict[str, str] | None = N
     generation_config(model, tokenizer).save_pretrained(tmp)
     for name, text in (extra or {}).items():
         (tmp / name).write_text(text)
+    return replace_folder(tmp, target)
+
+
+def replace_folder(tmp: Path, target: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

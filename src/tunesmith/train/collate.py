@@ -16,6 +16,7 @@ import torch
 from tunesmith.train.attention import segment_kwargs as boundaries
 
 IGNORE = -100
+REAL_TOKENS = "num_real_tokens"
 
 
 @dataclass
@@ -24,8 +25,7 @@ class PadCollator:
     multiple_of: int = 8
     padding_free: bool = False
     segment_kwargs: bool = False  # add example boundaries for varlen attention
-    trained_tokens: int = 0  # loss-bearing tokens handed out so far (for tokens/s)
-    tokens: int = 0  # non-pad tokens handed out so far
+    count_real_tokens: bool = False  # add REAL_TOKENS, for the trainer's token counts
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if self.padding_free:
@@ -46,12 +46,13 @@ class PadCollator:
             if with_positions:
                 positions[i, :k] = torch.as_tensor(f["position_ids"])
                 positions[i, k:] = torch.arange(width - k)
-        self.trained_tokens += int((labels[:, 1:] != IGNORE).sum())  # position 0 is never predicted
-        self.tokens += int(attention.sum())
+        # How many real (non-pad) tokens the batch holds: the trainer counts it and takes it out
+        # before the model sees the batch (packed rows carry no attention mask to count from).
+        real = {REAL_TOKENS: attention.sum()} if self.count_real_tokens else {}
         if with_positions:
-            batch = {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+            batch = {"input_ids": input_ids, "labels": labels, "position_ids": positions, **real}
             return {**batch, **boundaries(positions)} if self.segment_kwargs else batch
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention, **real}
 
 
 def concatenate(features: list[dict]) -> dict:

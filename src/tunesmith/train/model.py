@@ -10,6 +10,7 @@ from transformers.utils import is_flash_attn_2_available
 from tunesmith.config.schema import Config
 from tunesmith.errors import ModelError
 from tunesmith.modelref import local_model
+from tunesmith.train.distributed import local_rank
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,7 +43,7 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
                   trust_remote_code=m.trust_remote_code)
     if m.method == "qlora":
         kwargs["quantization_config"] = _bnb_config(m.quantization_bits, kwargs["dtype"])
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["device_map"] = {"": local_rank()}  # each process's copy on its own GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, ImportError) as e:

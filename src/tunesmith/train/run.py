@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import resource
 import sys
@@ -19,22 +18,27 @@ from tunesmith.data.identity import same_tokenizer, tokenizer_identity
 from tunesmith.data.prepare import load_prepared
 from tunesmith.data.tokenize import load_tokenizer
 from tunesmith.data.write import read_meta
-from tunesmith.errors import ConfigError, ModelError
+from tunesmith.errors import ModelError
 from tunesmith.train import artifacts
 from tunesmith.train.attention import supports_varlen, use_plain_sdpa, use_varlen_sdpa
 from tunesmith.train.autocast import share_norm_casts
 from tunesmith.train.arguments import check_training_keys, training_arguments
+from tunesmith.train.checkpoints import MarkCompleteCheckpoints, resume_point
 from tunesmith.train.chunked_ce import release_buffers
 from tunesmith.train.collate import PadCollator
-from tunesmith.train.loss import TrainedTokenLossTrainer
+from tunesmith.train.distributed import check_launch, is_main_process
+from tunesmith.train.loss import use_trained_positions_loss
 from tunesmith.train.metrics import MetricsCallback
 from tunesmith.train.model import base_causal_lm, load_model
 from tunesmith.train.swiglu import use_memory_saving_swiglu
+from tunesmith.train.trainer import TunesmithTrainer
 
 TRAIN_COLUMNS = ["input_ids", "labels", "position_ids"]  # position_ids only in packed data
 
 
 def train(cfg: Config) -> dict:
+    """One process's part of the run. Under a launcher every process runs this; the main process
+    alone writes files, and the others take part in every collective (evaluation, saving)."""
     start = time.perf_counter()
     check_training_keys(cfg.training)  # fail on a typo before loading anything
     out = Path(cfg.resolved_output_dir())
@@ -48,9 +52,16 @@ def train(cfg: Config) -> dict:
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
     check_same_tokenizer(read_meta(data_dir), tokenizer, data_dir)
 
-    # Model and Trainer.
-    model = load_model(cfg, tokenizer)
+    # TrainingArguments first: they join the launcher's processes, which the guards check.
     args = training_arguments(cfg, has_eval=eval_ds is not None)
+    model = load_model(cfg, tokenizer)
+    trained_loss = use_trained_positions_loss(model)
+    check_launch(args, trained_loss)
+    if args.use_liger_kernel and trained_loss:
+        # Liger's fused linear cross-entropy would replace the model's forward, and with it the
+        # trained-positions loss (which skips the untrained positions Liger still projects): keep ours.
+        args.liger_kernel_config = {**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False,
+                                    "cross_entropy": False}
     share_norm_casts(model)
     use_memory_saving_swiglu(model)
     attention = base_causal_lm(model).config._attn_implementation  # what `auto` resolved to
@@ -58,56 +69,66 @@ def train(cfg: Config) -> dict:
     if varlen:
         use_varlen_sdpa(model)
     batching = resolve_batching(cfg.data.batching, varlen)
-    collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free", segment_kwargs=varlen)
+    collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free",
+                           segment_kwargs=varlen, count_real_tokens=True)
     layout = "packed" if cfg.data.packing else batching
-    print(f"tunesmith: batches {layout}, attention {attention}"
-          f"{' per example' if varlen else ''}{', Liger kernels' if args.use_liger_kernel else ''}", file=sys.stderr)
-    metrics = MetricsCallback(out / "metrics.jsonl", collator)
-    callbacks = [metrics]
+    if is_main_process():
+        print(f"tunesmith: batches {layout}, attention {attention}{' per example' if varlen else ''}, "
+              f"loss {'at trained positions' if trained_loss else 'from the model'}"
+              f"{', Liger kernels' if args.use_liger_kernel else ''}"
+              f"{f', {args.world_size} processes' if args.world_size > 1 else ''}", file=sys.stderr)
+    callbacks = [MarkCompleteCheckpoints()]
     if cfg.model.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.model.early_stopping_patience))
-    trainer = TrainedTokenLossTrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
-                      train_dataset=training_columns(train_ds, args.train_sampling_strategy),
-                      eval_dataset=training_columns(eval_ds) if eval_ds is not None else None,
-                      callbacks=callbacks)
+    trainer = TunesmithTrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
+                               train_dataset=training_columns(train_ds, args.train_sampling_strategy),
+                               eval_dataset=training_columns(eval_ds) if eval_ds is not None else None,
+                               eval_collator=PadCollator(pad_id=tokenizer.pad_token_id, segment_kwargs=varlen),
+                               callbacks=callbacks)
+    metrics = MetricsCallback(out / "metrics.jsonl", trainer.tokens, args.device)
+    trainer.add_callback(metrics)
 
-    resume = resume_point(cfg.model.resume, args.output_dir)
-    if resume is None and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
-    artifacts.write_run_config(cfg, out)
+    resume = resume_point(cfg.model.resume, args.output_dir, args)
+    if is_main_process():
+        if resume is None and (out / "metrics.jsonl").exists():
+            (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+        artifacts.write_run_config(cfg, out)
     result = trainer.train(resume_from_checkpoint=resume)
     release_buffers()  # the loss's working memory, kept between steps
 
-    # Artifacts.
-    use_plain_sdpa(trainer.model)
-    final = artifacts.save_final(trainer.model, tokenizer, out, cfg)
-    merged = artifacts.save_merged(trainer.model, tokenizer, out) if cfg.model.merge and cfg.model.method != "full" else None
+    # Artifacts: every process takes part in evaluating and saving; the main process writes.
     eval_loss = final_eval_loss(trainer, metrics.records) if eval_ds is not None else None
-    artifacts.plot_losses(out / "metrics.jsonl", out / "loss.png")
+    trained_tokens, tokens = trainer.tokens.totals(args.device)
+    use_plain_sdpa(trainer.model)
+    final = artifacts.save_final(trainer, tokenizer, out, cfg)
+    merged = artifacts.save_merged(trainer, tokenizer, out, cfg) if cfg.model.merge and cfg.model.method != "full" else None
     losses = [r["loss"] for r in metrics.records if "loss" in r]
     seconds = time.perf_counter() - start
     runtime = max(result.metrics.get("train_runtime", 0.0), 1e-9)
     summary = {
         "output_dir": str(out), "final": str(final), "merged": str(merged) if merged else None,
         "resumed_from": resume, "steps": trainer.state.global_step, "wall_seconds": round(seconds, 1),
-        "train_seconds": round(runtime, 1),
-        "trained_tokens": collator.trained_tokens,
-        "trained_tokens_per_second": round(collator.trained_tokens / runtime, 1),
-        "tokens": collator.tokens,
-        "tokens_per_second": round(collator.tokens / runtime, 1),
+        "train_seconds": round(runtime, 1), "processes": args.world_size,
+        "trained_tokens": trained_tokens,
+        "trained_tokens_per_second": round(trained_tokens / runtime, 1),
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / runtime, 1),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "train_loss": result.metrics.get("train_loss"), "eval_loss": eval_loss,
         "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "batching": layout, "attention": attention, "attention_per_example": varlen,
+        "loss": "trained positions, in the model's forward" if trained_loss else "the model's own",
         "liger_kernels": args.use_liger_kernel,
         "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
     }
-    artifacts.write_summary(out, summary)
-    if cfg.model.upload_to:
-        artifacts.upload(out, cfg.model.upload_to)
-    print(f"tunesmith: trained {summary['steps']} steps in {summary['wall_seconds']}s; model in {final}", file=sys.stderr)
+    if is_main_process():
+        artifacts.plot_losses(out / "metrics.jsonl", out / "loss.png")
+        artifacts.write_summary(out, summary)
+        if cfg.model.upload_to:
+            artifacts.upload(out, cfg.model.upload_to)
+        print(f"tunesmith: trained {summary['steps']} steps in {summary['wall_seconds']}s; model in {final}", file=sys.stderr)
     return summary
 
 
@@ -139,19 +160,6 @@ def final_eval_loss(trainer: Trainer, records: list[dict]) -> float:
     return trainer.evaluate()["eval_loss"]
 
 
-def latest_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint that finished saving. The Trainer writes trainer_state.json last, so a
-    run killed mid-save leaves a folder without it (or with it cut short): skip such folders."""
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1)
-    for ckpt in reversed(found):
-        try:
-            json.loads((ckpt / "trainer_state.json").read_text())
-            return str(ckpt)
-        except (OSError, ValueError):
-            print(f"tunesmith: skipping {ckpt.name}: incomplete (the run stopped while saving it)", file=sys.stderr)
-    return None
-
-
 def check_same_tokenizer(meta: dict | None, tokenizer, data_dir: str) -> None:
     if meta is None:
         return  # data prepared by another tool: nothing recorded to compare
@@ -159,13 +167,3 @@ def check_same_tokenizer(meta: dict | None, tokenizer, data_dir: str) -> None:
     if diffs:
         raise ModelError(f"{data_dir} was prepared with a different tokenizer ({meta['tokenizer']['name_or_path']}): "
                          + "; ".join(diffs), "run `tunesmith prep` again with this base_model, or train the model the data was made for")
-
-
-def resume_point(resume: str, checkpoints: str) -> str | None:
-    if resume == "never":
-        return None
-    if resume == "auto":
-        return latest_complete_checkpoint(Path(checkpoints))
-    if not Path(resume).is_dir():
-        raise ConfigError(f"model.resume: checkpoint folder {resume!r} not found", "use auto, never, or a checkpoint-N folder")
-    return resume
