@@ -107,3 +107,77 @@ def test_two_processes_give_the_one_process_update(tmp_path, tiny_llama, untied_
         assert two_summary["processes"] == 2 and one_summary["processes"] == 1
         # Token counts are summed over the processes: the same tokens were trained on.
         assert (two_summary["trained_tokens"], two_summary["tokens"]) == (one_summary["trained_tokens"], one_summary["tokens"])
+
+
+def test_fsdp2_with_tunesmiths_forward_matches_one_process(tmp_path, tiny_llama):
+    """accelerate will not start FSDP on a CPU, so torch's fully_shard in accelerate's layout."""
+    result = torchrun([str(Path(__file__).parent / "fsdp2_worker.py"), str(tiny_llama), str(tmp_path / "fsdp.json")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "fsdp.json").read_text())
+    assert report["sharded"] == "DTensor" and report["moved"] > 1e-3
+    assert report["max_diff"] < 1e-6
+
+
+def test_cli_under_torchrun_writes_once_and_resumes_past_a_checkpoint_cut_short(tmp_path, tiny_llama, capsys):
+    from tunesmith.train.checkpoints import MARKER
+
+    changes = {"model": {"early_stopping_patience": 3}, "training": {"max_steps": 4, "save_strategy": "steps", "eval_steps": 2}}
+    whole = write_case(tmp_path / "whole", tiny_llama, changes, 1)
+    cut = write_case(tmp_path / "cut", tiny_llama, changes, 1)
+    for cfg in (whole, cut):
+        result = torchrun(["-m", "tunesmith.cli", "run", str(cfg)])
+        assert result.returncode == 0, result.stderr[-3000:]
+    out = whole.parent / "out"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # one line per logging step, not one per process
+    # evaluations at steps 2 and 4, then once more for the best model early stopping keeps
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 4, 4]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "data", "final", "loss.png", "metrics.jsonl",
+                                                     "run_config.yaml", "summary.json"]
+    checkpoint = out / "checkpoints" / "checkpoint-4"
+    assert json.loads((checkpoint / MARKER).read_text())["world_size"] == 2
+    # final/ holds the kept model's weights, whole (early stopping keeps the best checkpoint's)
+    best = json.loads((checkpoint / "trainer_state.json").read_text())["best_model_checkpoint"]
+    trained = load_file(Path(best) / "model.safetensors")
+    final = weights(out)
+    assert all(torch.equal(final[k], trained[k]) for k in trained)
+
+    # Simulate a run killed while saving checkpoint-4: no marker. Resuming skips it and continues
+    # from checkpoint-2, with 2 processes, to the same weights as the uninterrupted run.
+    cut_out = cut.parent / "out"
+    (cut_out / "checkpoints" / "checkpoint-4" / MARKER).unlink()
+    result = torchrun(["-m", "tunesmith.cli", "train", str(cut), "model.resume=auto"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipping checkpoint-4: incomplete" in result.stderr
+    summary = json.loads((cut_out / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps"] == 4
+    resumed = weights(cut_out)
+    assert max((resumed[k] - final[k]).abs().max().item() for k in final) < 1e-6
+
+    # Resuming with another process count would replay other batches: refused, with both counts.
+    assert main(["train", str(cut), "model.resume=auto"]) == 2
+    assert "world_size 2 then, 1 now" in capsys.readouterr().err
+
+
+def test_launches_that_would_not_give_the_asked_run_are_refused():
+    from types import SimpleNamespace
+
+    from tunesmith.errors import ConfigError
+    from tunesmith.train.distributed import check_launch
+
+    def args(**kw):
+        return SimpleNamespace(**{"world_size": 1, "n_gpu": 0, "parallelism_config": None,
+                                  "average_tokens_across_devices": True, **kw})
+
+    cases = [
+        (args(), {"WORLD_SIZE": "2"}, 0, "the launcher started 2 processes (WORLD_SIZE) but the Trainer sees 1"),
+        (args(), {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}, 0, "accelerate launch --cpu"),
+        (args(n_gpu=4), {}, 4, "4 GPUs are visible but no launcher"),
+        (args(parallelism_config=SimpleNamespace(tp_size=2, cp_size=1, sp_size=1)), {}, 0, "parallelism_config.tp_size"),
+        (args(world_size=2, average_tokens_across_devices=False), {"WORLD_SIZE": "2"}, 0, "average_tokens_across_devices"),
+    ]
+    for a, env, gpus, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_launch(a, trained_token_loss=True, env=env, cuda_devices=gpus)
+    check_launch(args(world_size=2), trained_token_loss=True, env={"WORLD_SIZE": "2"}, cuda_devices=0)  # a good launch
+    check_launch(args(n_gpu=1), trained_token_loss=True, env={}, cuda_devices=1)
