@@ -34,21 +34,39 @@ def make_rows(n: int, skip: int = 0) -> list[dict]:
 # ---- worker: one configuration, in its own process ----------------------------------------------
 
 def worker(name: str, model_dir: str, data: str, eval_data: str, max_length: int, batch: int, out: str) -> None:
+    """One configuration. Under torchrun (`... x2` configurations) every process runs this with
+    the per-process share of the batch; the main process reports (peak RSS: the largest process's)."""
     import torch
 
     torch.manual_seed(0)
     work = Path(out).parent / name.replace(" ", "_")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    batch //= processes
     if name.startswith("tunesmith"):
         result = run_tunesmith(name, model_dir, data, max_length, batch, work)
-        result["peak_rss_mb"] = peak_rss_mb()  # training's peak, before the eval step below
+    else:
+        result, model = run_trl(name, model_dir, data, max_length, batch, work)
+    result["peak_rss_mb"] = max(gathered(peak_rss_mb()))  # training's peak, before the eval step below
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if name.startswith("tunesmith"):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(work / "final")
-    else:
-        result, model = run_trl(name, model_dir, data, max_length, batch, work)
-        result["peak_rss_mb"] = peak_rss_mb()
     result["eval_loss"] = eval_loss(model, model_dir, eval_data, max_length)
+    result["processes"] = processes
     Path(out).write_text(json.dumps(result))
+
+
+def gathered(value: float) -> list[float]:
+    """`value` from every process (just this one without a launcher)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    box = [None] * dist.get_world_size()
+    dist.all_gather_object(box, value)
+    return box
 
 
 def peak_rss_mb() -> float:
@@ -58,6 +76,7 @@ def peak_rss_mb() -> float:
 def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: int, work: Path) -> dict:
     from tunesmith.config.load import validate
     from tunesmith.data.prepare import prepare
+    from tunesmith.train import distributed
     from tunesmith.train.run import train
 
     cfg = validate({"base_model": model_dir, "output_dir": str(work),
@@ -65,8 +84,11 @@ def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: 
                              "packing": name.endswith("packed")},
                     "training": {"per_device_train_batch_size": batch, "num_train_epochs": 1, "learning_rate": LR,
                                  "logging_steps": 1000, "save_strategy": "no", "disable_tqdm": True}})
-    prepare(cfg, quiet=True)
-    s = train(cfg)
+    distributed.init_process_group()
+    if distributed.is_main_process():
+        prepare(cfg, quiet=True)
+    distributed.barrier()
+    s = train(cfg)  # token counts in the summary are summed over processes
     return {"train_seconds": s["train_seconds"], "trained_tokens": s["trained_tokens"], "tokens": s["tokens"], "bf16": s["bf16"]}
 
 
@@ -103,8 +125,8 @@ def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, w
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     result = trainer.train()
-    return ({"train_seconds": round(result.metrics["train_runtime"], 1), "trained_tokens": counter.trained_tokens,
-             "tokens": counter.tokens, "bf16": args.bf16}, trainer.model)
+    return ({"train_seconds": round(result.metrics["train_runtime"], 1), "trained_tokens": sum(gathered(counter.trained_tokens)),
+             "tokens": sum(gathered(counter.tokens)), "bf16": args.bf16}, trainer.model)
 
 
 def eval_loss(model, model_dir: str, eval_data: str, max_length: int) -> float:
@@ -181,6 +203,9 @@ def main() -> None:
     ap.add_argument("--smol-examples", type=int, default=96, help="training examples for SmolLM2 (CPU: slow)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="also run tunesmith default and TRL default on torchrun with this many processes "
+                         "(same global batch, the cores shared out)")
     ap.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -200,11 +225,17 @@ def main() -> None:
             data = tmp / f"train_{n}.jsonl"
             data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(n)))
             results = {}
-            for name in CONFIGS:
+            many = [f"{c} x{args.processes}" for c in ("tunesmith default", "trl default")] if args.processes > 1 else []
+            for name in CONFIGS + many:
                 out = tmp / f"{label[:4]}_{name.replace(' ', '_')}.json"
                 cmd = [sys.executable, __file__, "--worker", name, model_dir, str(data), str(eval_rows),
                        str(args.max_length), str(args.batch), str(out)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                env = dict(os.environ)
+                if name in many:
+                    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(args.processes), *cmd[1:]]
+                    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.processes))
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     print(f"{name} failed:\n{proc.stderr[-3000:]}")
                     continue
@@ -213,6 +244,7 @@ def main() -> None:
 
 
 def report(label: str, n: int, args, results: dict, params: int, peak: dict) -> None:
+    many = f" x{args.processes}"
     print(f"\n{label}: {params / 1e6:.1f}M params, {n:,} dolly examples, max_length {args.max_length}, batch {args.batch}")
     print(f"{'':20} {'trained tok/s':>14} {'non-pad tok/s':>14} {'peak RSS MB':>12} {'eval loss':>10} {'MFU':>7}")
     rows = {}
@@ -233,6 +265,10 @@ def report(label: str, n: int, args, results: dict, params: int, peak: dict) -> 
                       f"{rows[name]['trained'] / best_trl:.2f}x TRL's fastest; eval loss "
                       f"{results[name]['eval_loss'] / results[peer]['eval_loss'] - 1:+.1%} vs {peer}; peak RSS "
                       f"{results[name]['peak_rss_mb'] / results[peer]['peak_rss_mb']:.2f}x {peer}")
+    if f"tunesmith default{many}" in rows and f"trl default{many}" in rows:
+        ours, theirs = rows[f"tunesmith default{many}"]["trained"], rows[f"trl default{many}"]["trained"]
+        print(f"{args.processes} processes: tunesmith default {ours / theirs:.2f}x TRL default on the same launcher; "
+              f"{ours / rows['tunesmith default']['trained']:.2f}x tunesmith default in one process")
 
 
 if __name__ == "__main__":
