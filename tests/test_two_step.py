@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from helpers import write_config
 from tunesmith.cli import main
 from tunesmith.config import load_config
-from tunesmith.data.prompts import example_to_turns, render_turns, resolve_format
+from tunesmith.data.prompts import example_to_turns
 from tunesmith.errors import ConfigError
 
 ROWS = [{"input": f"What is {i} plus {i}?", "context": [f"{i} is a number."], "response": f"{2 * i}"} for i in range(12)]
@@ -79,14 +79,15 @@ EXAMPLE = {"kind": "input", "input": "and then?", "contexts": ["Who made it?", "
     ("FewShotQA", "Answer: This Agreement is governed by English law.\n"),
     ("StandaloneQuestion", "Question: Who made it?\nAnswer: ACME did.\nQuestion: When?\nAnswer: In 1999.\nFollowup Question: and then?\n"),
 ])
-def test_each_registered_prompt_method(tmp_path, method, expect):
-    path = write_config(tmp_path / "d.yaml", {"base_model": "gpt2", "prompt_config": {"method": method},
-                                               "source_config": {"method": "load_dataset", "kwargs": {"path": "x"}}})
-    cfg = load_config(path)
-    segments = render_turns(example_to_turns(EXAMPLE, cfg.data.prompt), resolve_format(cfg.data.prompt_format, "<s>", "</s>"))
-    text = "".join(t for t, _ in segments)
-    assert expect in text
-    assert [t for t, trained in segments if trained] == ["x"]  # few-shot answers and cues stay masked
+def test_each_registered_prompt_method(tmp_path, tiny_llama, method, expect):
+    Dataset.from_list([{"input": EXAMPLE["input"], "contexts": EXAMPLE["contexts"], "response": "x"}]).save_to_disk(str(tmp_path / "qa"))
+    path = dataprep(tmp_path, tiny_llama, tmp_path / "qa", prompt_config={"method": method}, chunksize=4096)
+    assert main(["prep", str(path)]) == 0
+    row = load_from_disk(str(tmp_path / "train"))[0]
+    assert expect in row["full_text"]
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    trained = [i for i, label in zip(row["input_ids"], row["labels"]) if label != -100]
+    assert trained == tok("x", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]  # few-shot answers stay masked
 
 
 def test_standalone_question_refuses_an_unpaired_context(tmp_path):

@@ -7,6 +7,7 @@ preprocessing module resolve against the working directory, as foundry users exp
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,8 @@ def translate(raw: dict[str, Any], overrides: list[tuple[str, Any]], cwd: Path, 
     name = _run_name(cfg, config_path, notes)
     out: dict[str, Any] = {"name": name}
     out["model"] = _model(cfg, original, out, cwd, notes)
-    out["data"] = _data(cfg, cwd, notes)
-    out["training"] = _training(cfg, out, notes)
+    out["data"], loader = _data(cfg, cwd, notes)
+    out["training"] = _training(cfg, out, loader, notes)
     _output(cfg, out, name, cwd, notes)
     return out, notes
 
@@ -89,8 +90,6 @@ def _check_keys(cfg: dict, notes: list[str]) -> None:
 
 
 def _run_name(cfg: dict, config_path: Path, notes: list[str]) -> str:
-    import os
-
     given = cfg.get("run_name") or os.environ.get("RUN_NAME") or config_path.stem
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(given)).strip("-") or "run"
     notes.append(f"run_name -> name {name!r}" + ("" if cfg.get("run_name") else " (run_name empty: $RUN_NAME or the file name)"))
@@ -113,12 +112,10 @@ def _model(cfg: dict, original: dict | None, out: dict, cwd: Path, notes: list[s
     notes.append(f"model.pretrained_model_name_or_path -> base_model {out['base_model']}")
     model: dict[str, Any] = {"dtype": "float32", "trust_remote_code": bool(m.pop("trust_remote_code", True))}
     notes.append(f"model.trust_remote_code -> {model['trust_remote_code']}" + ("" if "trust_remote_code" in cfg["model"] else " (foundry's default)"))
-    if m.pop("use_flash_attention_2", False):
-        model["attn_implementation"] = "flash_attention_2"
-    if m.get("attn_implementation"):
-        model["attn_implementation"] = m.pop("attn_implementation")
-    m.pop("attn_implementation", None)
-    if "attn_implementation" in model:
+    attention = m.pop("attn_implementation", None) or ("flash_attention_2" if m.pop("use_flash_attention_2", False) else None)
+    m.pop("use_flash_attention_2", None)
+    if attention:
+        model["attn_implementation"] = attention
         notes.append(f"model attention -> model.attn_implementation {model['attn_implementation']}")
     peft = m.pop("peft_config", None)
     if peft:
@@ -179,24 +176,24 @@ def _local_or_hub(value: str, cwd: Path) -> str:
 
 # ---- data -------------------------------------------------------------------------------------
 
-def _data(cfg: dict, cwd: Path, notes: list[str]) -> dict:
-    train, train_opts = _loader(_section(cfg, "train_loader", required=True), "train_loader", cwd, notes)
+def _data(cfg: dict, cwd: Path, notes: list[str]) -> tuple[dict, dict]:
+    """-> (tunesmith's data section, the train loader's own settings: shuffle, drop_last, num_workers)."""
+    train, train_opts, loader = _loader(_section(cfg, "train_loader", required=True), "train_loader", cwd, notes)
     data: dict[str, Any] = {"train": train, "prompt_format": "plain", "seed": cfg.get("seed", 17), **train_opts}
     notes.append("prompt/response rows -> prompt + response, as foundry concatenates them; tunesmith ends each "
                  "answer with EOS so the model learns to stop")
     if cfg.get("eval_loader") is not None:
         if isinstance(cfg["eval_loader"], list):
             raise ConfigError("eval_loader: a list of eval loaders is not supported", "give one eval_loader")
-        data["eval"], eval_opts = _loader(cfg["eval_loader"], "eval_loader", cwd, notes)
-        same = {k for k in set(eval_opts) | set(train_opts) if not k.startswith("_") and k != "packing"}
-        differs = sorted(k for k in same if eval_opts.get(k) != train_opts.get(k))
+        data["eval"], eval_opts, _ = _loader(cfg["eval_loader"], "eval_loader", cwd, notes)
+        differs = sorted(k for k in set(eval_opts) | set(train_opts) if k != "packing" and eval_opts.get(k) != train_opts.get(k))
         if differs:
             raise ConfigError(f"eval_loader.dataset: {', '.join(differs)} differ from train_loader's",
                               "tunesmith renders both splits the same way; use the same settings")
-    return data
+    return data, loader
 
 
-def _loader(loader: dict, key: str, cwd: Path, notes: list[str]) -> tuple[dict, dict]:
+def _loader(loader: dict, key: str, cwd: Path, notes: list[str]) -> tuple[dict, dict, dict]:
     loader = dict(loader)
     if loader.get("name") != "finetuning":
         raise ConfigError(f"{key}.name: {loader.get('name')!r} is not supported", "tunesmith reads finetuning loaders (name: finetuning)")
@@ -256,12 +253,8 @@ def _loader(loader: dict, key: str, cwd: Path, notes: list[str]) -> tuple[dict, 
         raise ConfigError(f"{key}.dataset.seq_parallel_replication: sequence parallelism is not supported")
     if ds:
         raise ConfigError(f"{key}.dataset: unknown key(s) {sorted(ds)}")
-    opts["_shuffle"] = shuffle
-    opts["_drop_last"] = loader.pop("drop_last", False)
-    opts["_num_workers"] = loader.pop("num_workers", 0)
-    if key == "eval_loader":
-        opts = {k: v for k, v in opts.items() if not k.startswith("_")}
-    return source, opts
+    settings = {"shuffle": shuffle, "drop_last": loader.pop("drop_last", False), "num_workers": loader.pop("num_workers", 0)}
+    return source, opts, settings
 
 
 def _targets(ds: dict, key: str) -> dict:
@@ -303,7 +296,7 @@ def _preprocessing_fn(spec: str, key: str, cwd: Path, notes: list[str]) -> str:
 
 # ---- training ---------------------------------------------------------------------------------
 
-def _training(cfg: dict, out: dict, notes: list[str]) -> dict:
+def _training(cfg: dict, out: dict, loader: dict, notes: list[str]) -> dict:
     data = out["data"]
     t: dict[str, Any] = {"optim": "adamw_torch"}
     processes = rules.world_size()
@@ -342,12 +335,11 @@ def _training(cfg: dict, out: dict, notes: list[str]) -> dict:
     _precision(cfg, t, notes)
     _intervals(cfg, t, data, notes)
     t["seed"] = cfg.get("seed", 17)
-    t["dataloader_drop_last"] = bool(data.pop("_drop_last"))
-    shuffle = data.pop("_shuffle")
-    if not shuffle:
+    t["dataloader_drop_last"] = bool(loader["drop_last"])
+    if not loader["shuffle"]:
         t["train_sampling_strategy"] = "sequential"
-    workers = data.pop("_num_workers")
-    notes.append(f"seed {t['seed']}, drop_last {t['dataloader_drop_last']}, shuffle {shuffle}; num_workers {workers} -> 0 "
+    notes.append(f"seed {t['seed']}, drop_last {t['dataloader_drop_last']}, shuffle {loader['shuffle']}; "
+                 f"num_workers {loader['num_workers']} -> 0 "
                  "(rows are tokenized before training, so batches are built in the main process)")
     return t
 
