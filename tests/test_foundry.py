@@ -97,13 +97,14 @@ def composer_multiplier(name: str, step: int, warmup: int, total: int, alpha: fl
 
 
 @pytest.mark.parametrize("name,alpha,t_warmup", [("cosine_with_warmup", 0.1, "10ba"), ("cosine_with_warmup", 0.0, "0.25dur"),
-                                                 ("linear_decay_with_warmup", 0.2, "5ba"), ("constant_with_warmup", 0.5, "8ba")])
+                                                 ("linear_decay_with_warmup", 0.2, "5ba"), ("constant_with_warmup", 0.5, "8ba"),
+                                                 ("linear_decay_with_warmup", 0.0, "24sp")])
 def test_schedules_follow_composer(name, alpha, t_warmup):
     from transformers import get_scheduler
 
     lr, total = 1e-3, 40
     key = "alpha" if name == "constant_with_warmup" else "alpha_f"
-    out, _ = rules.schedule({"name": name, "t_warmup": t_warmup, key: alpha}, lr, rules.parse_duration("40ba", "d"))
+    out, _ = rules.schedule({"name": name, "t_warmup": t_warmup, key: alpha}, lr, rules.parse_duration("40ba", "d"), 4)
     warmup = out["warmup_steps"] if out["warmup_steps"] >= 1 else math.ceil(total * out["warmup_steps"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=out.get("learning_rate", lr))
     sched = get_scheduler(out["lr_scheduler_type"], opt, num_warmup_steps=warmup, num_training_steps=total,

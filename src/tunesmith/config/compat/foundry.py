@@ -328,7 +328,7 @@ def _training(cfg: dict, out: dict, loader: dict, notes: list[str]) -> dict:
         raise ConfigError(f"optimizer: unknown key(s) {sorted(opt)}")
     notes.append(f"optimizer decoupled_adamw -> optim adamw_torch, lr {lr:g}, betas {t['adam_beta1']:g}/{t['adam_beta2']:g}, "
                  f"eps {t['adam_epsilon']:g}; {wd_note}" + ("; the Trainer does not decay biases and norm weights" if wd else ""))
-    sched, sched_notes = rules.schedule(_section(cfg, "scheduler", required=True), lr, duration)
+    sched, sched_notes = rules.schedule(_section(cfg, "scheduler", required=True), lr, duration, cfg["global_train_batch_size"])
     t.update(sched)
     notes.extend(sched_notes)
     _clipping(cfg, t, notes)
@@ -341,6 +341,8 @@ def _training(cfg: dict, out: dict, loader: dict, notes: list[str]) -> dict:
     notes.append(f"seed {t['seed']}, drop_last {t['dataloader_drop_last']}, shuffle {loader['shuffle']}; "
                  f"num_workers {loader['num_workers']} -> 0 "
                  "(rows are tokenized before training, so batches are built in the main process)")
+    if t["dataloader_drop_last"] and "eval" in data:
+        notes.append("train_loader.drop_last also applies to the eval set in the Trainer: a last partial eval batch is skipped")
     return t
 
 

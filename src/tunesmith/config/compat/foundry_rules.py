@@ -124,11 +124,14 @@ def decoupled_weight_decay(weight_decay: float, lr: float) -> tuple[float, str]:
                        f"(= {weight_decay:g} / lr {lr:g}: the same per-step shrink of each weight)")
 
 
-def warmup_steps(t_warmup: Any, max_duration: Duration) -> tuple[float, str]:
-    """t_warmup in batches, a fraction of the run, or epochs when the run is counted in epochs."""
+def warmup_steps(t_warmup: Any, max_duration: Duration, global_batch: int) -> tuple[float, str]:
+    """t_warmup in batches, samples, a fraction of the run, or epochs when the run is counted in epochs."""
     d = parse_duration(t_warmup, "scheduler.t_warmup")
     if d.unit == "ba":
         return int(d.value), f"t_warmup {d} -> warmup_steps {int(d.value)}"
+    if d.unit == "sp":
+        steps = math.ceil(d.value / global_batch)
+        return steps, f"t_warmup {d} -> warmup_steps {steps} ({int(d.value)} samples / global batch {global_batch}, rounded up)"
     if d.unit == "dur":
         if not 0 <= d.value < 1:
             raise ConfigError(f"scheduler.t_warmup: {d} must be below 1dur")
@@ -145,7 +148,7 @@ SCHEDULER_KEYS = {"cosine_with_warmup": {"t_warmup", "alpha_f", "t_max", "scale_
                   "constant_with_warmup": {"t_warmup", "alpha", "t_max", "scale_warmup"}}
 
 
-def schedule(cfg: dict, lr: float, max_duration: Duration) -> tuple[dict, list[str]]:
+def schedule(cfg: dict, lr: float, max_duration: Duration, global_batch: int) -> tuple[dict, list[str]]:
     """A foundry scheduler section -> lr_scheduler_type, lr_scheduler_kwargs, warmup_steps (and lr)."""
     name = cfg.get("name")
     if name not in SCHEDULER_KEYS:
@@ -158,7 +161,7 @@ def schedule(cfg: dict, lr: float, max_duration: Duration) -> tuple[dict, list[s
         raise ConfigError(f"scheduler.t_max: {cfg['t_max']!r}: only the whole run (1dur) is supported")
     if "t_warmup" not in cfg:
         raise ConfigError("scheduler.t_warmup: required key is missing", "e.g. t_warmup: 100ba or 0.05dur")
-    warmup, warm_note = warmup_steps(cfg["t_warmup"], max_duration)
+    warmup, warm_note = warmup_steps(cfg["t_warmup"], max_duration, global_batch)
     out: dict[str, Any] = {"warmup_steps": warmup}
     notes = [warm_note]
     if name == "cosine_with_warmup":
