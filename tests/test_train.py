@@ -188,11 +188,11 @@ def test_seed_style_configs_run_unchanged(tmp_path, tiny_llama):
     prep = subprocess.run([sys.executable, "-m", "tunesmith.dataprep", str(tmp_path / "dataprep.yaml")], capture_output=True, text=True)
     assert prep.returncode == 0, prep.stderr
     assert "translated:" in prep.stderr and "Llama2Format" in prep.stderr
-    row = __import__("datasets").load_from_disk(str(tmp_path / "train"))["train"][0]
+    row = __import__("datasets").load_from_disk(str(tmp_path / "train"))[0]  # one Dataset, as the framework writes
     assert row["full_text"].startswith("<s>[INST] <<SYS>>\nPlease summarize the following conversation\n<</SYS>>\n\nConversation: ")
     tune = subprocess.run([sys.executable, "-m", "tunesmith.finetune", str(tmp_path / "finetune.yaml")], capture_output=True, text=True)
     assert tune.returncode == 0, tune.stderr[-3000:]
-    assert "lora_config/load_in_* -> model.method lora" in tune.stderr
+    assert "lora_config -> model.method lora" in tune.stderr
     summary = json.loads((tmp_path / "output" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["method"] == "lora"
     assert (tmp_path / "output" / "final" / "adapter_config.json").is_file()

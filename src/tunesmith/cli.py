@@ -80,7 +80,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(args.config, args.overrides)
     if cfg.seed_compat and os.environ.get("RANK", "0") == "0":  # said once under a launcher
-        print("tunesmith: read a seed-style (two-step workflow) config; translated:", file=sys.stderr)
+        print(f"tunesmith: read a config in {cfg.compat_source} form; translated:", file=sys.stderr)
         for note in cfg.seed_compat:
             print(f"  - {note}", file=sys.stderr)
     if args.command == "prep":
@@ -90,7 +90,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command in ("train", "run"):
         from tunesmith.train.run import train
 
-        if args.command == "run":
+        if args.command == "run" or cfg.compat_source == "llm-foundry":  # foundry's train.py prepares data too
             from tunesmith.data.prepare import prepare
             from tunesmith.train import distributed
             from tunesmith.train.arguments import check_training_keys

@@ -27,21 +27,35 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
 
-    from tunesmith.config.seed_compat import translate_if_seed  # local import: compat is optional baggage
+    from tunesmith.config.compat import translate_other_framework  # local import: compat is optional baggage
 
-    raw, notes = translate_if_seed(raw)
-    for item in parse_overrides(overrides or []):
-        _set_dotted(raw, *item)
-    cfg = validate(raw, source=str(path))
-    cfg.seed_compat = notes
+    parsed = parse_overrides(overrides or [])
+    translated = translate_other_framework(raw, parsed, path)
+    if translated.framework != "llm-foundry":  # foundry's overrides name foundry keys; applied before translating
+        for item in parsed:
+            set_dotted(translated.raw, *item)
+    cfg = validate(translated.raw, source=str(path), key_names=translated.key_names)
+    cfg.seed_compat = translated.notes
+    cfg.compat_source = translated.framework
+    cfg.key_names = translated.key_names
     return resolve_paths(cfg, path.parent.resolve())
 
 
-def validate(raw: dict[str, Any], source: str = "config") -> Config:
+def validate(raw: dict[str, Any], source: str = "config", key_names: dict[str, str] | None = None) -> Config:
+    """`key_names` maps tunesmith keys back to the user's own (translated configs name what the user wrote)."""
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{source}: invalid config\n" + "\n".join(_describe(err) for err in e.errors())) from None
+        lines = [_user_key(_describe(err), key_names or {}) for err in e.errors()]
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+
+
+def _user_key(line: str, key_names: dict[str, str]) -> str:
+    where = line.strip().split(":", 1)[0]
+    for ours in sorted(key_names, key=len, reverse=True):
+        if where == ours or where.startswith(ours + "."):
+            return line.replace(where, key_names[ours] + where[len(ours):], 1)
+    return line
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
@@ -58,7 +72,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
+def set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

@@ -78,6 +78,9 @@ class PromptConfig(Strict):
     input_template: str = "{text}"
     context_template: str = "{text}"
     response_template: str = Field("{text}", description="text before {text} is the cue that precedes the answer (masked)")
+    context_pair_template: str | None = Field(
+        None, description="read contexts as (question, answer) pairs rendered with this template ({question}, {answer}), "
+                          "joined by newlines into one context (the two-step workflow's StandaloneQuestion)")
 
     @field_validator("input_template", "response_template")
     @classmethod
@@ -93,6 +96,13 @@ class PromptConfig(Strict):
         fields = template_fields(v)
         if "text" not in fields or fields - {"text", "index"}:
             raise ValueError(f"must contain {{text}} and may contain {{index}}, got fields {sorted(fields)}")
+        return v
+
+    @field_validator("context_pair_template")
+    @classmethod
+    def _pair_fields(cls, v: str | None) -> str | None:
+        if v is not None and template_fields(v) != {"question", "answer"}:
+            raise ValueError(f"must contain {{question}} and {{answer}} and no other field, got {sorted(template_fields(v))}")
         return v
 
 
@@ -135,6 +145,11 @@ class DataConfig(Strict):
     bad_rows: Literal["error", "skip"] = "error"
     num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default for 20k+ rows: one per two cores (the tokenizer threads each batch)")
     output: str | None = Field(None, description="default: <output_dir>/data")
+    output_layout: Literal["splits", "dataset"] = Field(
+        "splits", description="splits: a DatasetDict (train, eval); dataset: the train split as one Dataset, as the "
+                              "two-step workflow's dataprep writes it")
+    writer: Literal["save_to_disk", "to_json", "to_parquet", "to_csv"] = Field(
+        "save_to_disk", description="how `output` is written; to_json/to_parquet/to_csv write one file (dataset layout)")
     export: list[Literal["jsonl", "parquet"]] = Field(default_factory=list)
 
     @field_validator("columns")
@@ -150,6 +165,10 @@ class DataConfig(Strict):
     def _one_eval(self) -> "DataConfig":
         if self.eval is not None and self.validation_split is not None:
             raise ValueError("give either `eval` (a second source) or `validation_split`, not both")
+        if self.writer != "save_to_disk" and self.output_layout != "dataset":
+            raise ValueError(f"writer {self.writer} writes one file: set output_layout: dataset")
+        if self.output_layout == "dataset" and (self.eval is not None or self.validation_split is not None):
+            raise ValueError("output_layout dataset holds one split: prepare eval data with its own config")
         return self
 
 
@@ -165,7 +184,14 @@ class Config(Strict):
     eval_data: str | None = Field(None, description="prepared eval data, when prepared separately")
     model: "ModelConfig" = Field(default_factory=lambda: ModelConfig())
     training: dict[str, Any] = Field(default_factory=dict, description="any transformers TrainingArguments field")
-    seed_compat: list[str] = Field(default_factory=list, exclude=True, description="notes on translated seed-style keys")
+    seed_compat: list[str] = Field(default_factory=list, exclude=True, description="notes on translated keys (two-step or llm-foundry files)")
+    compat_source: str = Field("", exclude=True, description="the framework whose YAML was translated, '' for tunesmith's own")
+    key_names: dict[str, str] = Field(default_factory=dict, exclude=True,
+                                      description="translated configs: tunesmith key -> the key the user wrote, for messages")
+
+    def user_key(self, key: str) -> str:
+        """The name the user wrote for a tunesmith key (the same key for tunesmith's own configs)."""
+        return self.key_names.get(key, key)
 
     def resolved_output_dir(self) -> str:
         return self.output_dir or f"outputs/{self.name}"

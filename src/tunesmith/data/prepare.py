@@ -19,7 +19,7 @@ from tunesmith.data.report import print_summary, split_report
 from tunesmith.data.rows import OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format, render_setup
 from tunesmith.data.sources import load_source
 from tunesmith.data.identity import tokenizer_identity
-from tunesmith.data.write import write_prepared
+from tunesmith.data.write import read_prepared_file, write_prepared
 from tunesmith.errors import ConfigError, DataError
 
 AUTO_PROC_MIN_ROWS = 20_000  # below this, starting worker processes costs more than it saves
@@ -75,7 +75,7 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
     meta = {"tunesmith_version": __version__, "tokenizer": tokenizer_identity(tokenizer),
             "prompt_format": report["prompt_format"], "max_length": d.max_length,
             "data_config": d.model_dump(mode="json")}
-    write_prepared(DatasetDict(processed), out_dir, report, meta, d.export)
+    write_prepared(DatasetDict(processed), out_dir, report, meta, d.export, d.output_layout, d.writer)
     if not quiet:
         print_summary(report)
     return report
@@ -92,7 +92,8 @@ def raw_splits(cfg: Config) -> dict[str, Dataset]:
     """The source rows of each split (with their row index), before any rendering."""
     d = cfg.data
     if d.train is None:
-        raise ConfigError("data.train: required key is missing", "say where the training rows come from, e.g. {data_files: train.jsonl}")
+        raise ConfigError(f"{cfg.user_key('data.train')}: required key is missing",
+                          "say where the training rows come from, e.g. {data_files: train.jsonl}")
     raw = {"train": with_row_index(load_source(d.train, "data.train"))}
     if d.eval is not None:
         raw["eval"] = with_row_index(load_source(d.eval, "data.eval"))
@@ -114,5 +115,7 @@ def load_prepared(data_dir: str) -> DatasetDict:
 
     if "://" not in data_dir and not Path(data_dir).exists():
         raise DataError(f"{data_dir}: prepared data not found", "run `tunesmith prep CONFIG` first, or point data.output at it")
+    if Path(data_dir).is_file():  # one file written by to_json / to_parquet
+        return DatasetDict({"train": read_prepared_file(data_dir)})
     loaded = load_from_disk(data_dir)
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})

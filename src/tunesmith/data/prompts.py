@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.config.schema import PromptConfig, PromptFormatConfig
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 
 Segment = tuple[str, bool]
 
@@ -39,6 +39,15 @@ BUILTIN_FORMATS: dict[str, PromptFormatConfig] = {
         input_prefix="<|im_start|>user\n", input_suffix="<|im_end|>\n", response_prefix="<|im_start|>assistant\n",
         response_suffix="<|im_end|>", turn_separator="\n", stop=["<|im_end|>"]),
 }
+# The two-step workflow's own formats: its base PromptFormat (roles joined by newlines), RedPajama, Together's Llama-2.
+BUILTIN_FORMATS["two_step"] = PromptFormatConfig(name="two_step", system_suffix="\n", context_suffix="\n", input_suffix="\n",
+                                                 turn_separator="\n")
+BUILTIN_FORMATS["redpajama"] = PromptFormatConfig(
+    name="redpajama", system_suffix="\n", context_suffix="\n", input_prefix="<human>: ", input_suffix="\n",
+    response_prefix="<bot>: ", turn_separator="\n", stop=["<human>:"])
+BUILTIN_FORMATS["together_llama2"] = PromptFormatConfig(
+    name="together_llama2", system_suffix="", system_in_first_input=True, context_suffix="\n", input_prefix="[INST]  ",
+    input_suffix="  [/INST]\n\n", stop=["[INST]"])
 CHAT_TEMPLATE = "chat_template"  # the tokenizer's own template (see chat_template.py)
 BUILTIN_FORMATS["dolly_hhrlhf"] = BUILTIN_FORMATS["alpaca"]
 
@@ -75,6 +84,8 @@ def example_to_turns(example: dict[str, Any], prompt: PromptConfig) -> list[dict
 
 def _qa_turns(text: str, contexts: list[str], response: str, prompt: PromptConfig, trained: bool) -> list[dict]:
     cue, _, after = prompt.response_template.partition("{text}")
+    if prompt.context_pair_template and contexts:
+        contexts = [pair_contexts(contexts, prompt.context_pair_template)]
     return [
         {"role": "user", "content": prompt.input_template.format(text=text), "cue": "", "trained": False,
          "contexts": [prompt.context_template.format(text=c, index=i + 1) for i, c in enumerate(contexts)]},
@@ -128,3 +139,11 @@ def add_segment(segments: list[Segment], text: str, trained: bool) -> None:
     else:
         segments.append((text, trained))
 
+
+def pair_contexts(contexts: list[str], template: str) -> str:
+    """Contexts read as (question, answer) pairs -> one context text (the earlier conversation)."""
+    if len(contexts) % 2:
+        raise DataError(f"contexts are read as question/answer pairs, but there are {len(contexts)} "
+                        f"(the last, {contexts[-1][:60]!r}, has no answer)", "give an even number of contexts")
+    pairs = zip(contexts[::2], contexts[1::2])
+    return "\n".join(template.format(question=q.strip(), answer=a.strip()) for q, a in pairs)
