@@ -66,6 +66,7 @@ def main() -> None:
                   "sharded": type(next(iter(model.parameters()))).__name__}
         with open(result, "w") as f:
             json.dump(report, f)
+    dist.barrier()  # leave together: a process tearing gloo down while the other still works can abort
     dist.destroy_process_group()
 
 
