@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunesmith.config.schema import Config
+from tunesmith.config.secrets import mask_text, secret_values
 from tunesmith.errors import ConfigError
 
 
@@ -33,7 +34,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     for item in parse_overrides(overrides or []):
         _set_dotted(raw, *item)
     cfg = validate(raw, source=str(path))
-    cfg.seed_compat = notes
+    secrets = secret_values(raw)
+    cfg.seed_compat = [mask_text(note, secrets) for note in notes]  # notes quote translated values
     return resolve_paths(cfg, path.parent.resolve())
 
 

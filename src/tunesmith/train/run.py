@@ -26,6 +26,7 @@ from tunesmith.train.autocast import share_norm_casts
 from tunesmith.train.arguments import check_training_keys, training_arguments
 from tunesmith.train.chunked_ce import release_buffers
 from tunesmith.train.collate import PadCollator
+from tunesmith.train.faults import FaultGuard, translated_faults
 from tunesmith.train.loss import TrainedTokenLossTrainer
 from tunesmith.train.metrics import MetricsCallback
 from tunesmith.train.model import base_causal_lm, load_model
@@ -63,7 +64,8 @@ def train(cfg: Config) -> dict:
     print(f"tunesmith: batches {layout}, attention {attention}"
           f"{' per example' if varlen else ''}{', Liger kernels' if args.use_liger_kernel else ''}", file=sys.stderr)
     metrics = MetricsCallback(out / "metrics.jsonl", collator)
-    callbacks = [metrics]
+    guard = FaultGuard(skip_nonfinite=cfg.model.nonfinite == "skip")  # signals, NaN/inf steps
+    callbacks = [metrics, guard]
     if cfg.model.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.model.early_stopping_patience))
     trainer = TrainedTokenLossTrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
@@ -75,13 +77,15 @@ def train(cfg: Config) -> dict:
     if resume is None and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
     artifacts.write_run_config(cfg, out)
-    result = trainer.train(resume_from_checkpoint=resume)
+    with translated_faults(cfg, args, out):  # out of memory, disk full: one message
+        result = trainer.train(resume_from_checkpoint=resume)
     release_buffers()  # the loss's working memory, kept between steps
 
     # Artifacts.
     use_plain_sdpa(trainer.model)
-    final = artifacts.save_final(trainer.model, tokenizer, out, cfg)
-    merged = artifacts.save_merged(trainer.model, tokenizer, out) if cfg.model.merge and cfg.model.method != "full" else None
+    with translated_faults(cfg, args, out):
+        final = artifacts.save_final(trainer.model, tokenizer, out, cfg)
+        merged = artifacts.save_merged(trainer.model, tokenizer, out) if cfg.model.merge and cfg.model.method != "full" else None
     eval_loss = final_eval_loss(trainer, metrics.records) if eval_ds is not None else None
     artifacts.plot_losses(out / "metrics.jsonl", out / "loss.png")
     losses = [r["loss"] for r in metrics.records if "loss" in r]
@@ -103,6 +107,7 @@ def train(cfg: Config) -> dict:
         "batching": layout, "attention": attention, "attention_per_example": varlen,
         "liger_kernels": args.use_liger_kernel,
         "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
+        "nonfinite_steps_skipped": guard.skipped_steps,
     }
     artifacts.write_summary(out, summary)
     if cfg.model.upload_to:
