@@ -139,7 +139,9 @@ def inject_nan_at(monkeypatch, step: int) -> None:
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path, tiny_llama, monkeypatch, capsys):
     cfg = setup(tmp_path, tiny_llama)
     inject_nan_at(monkeypatch, 7)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert main(["run", str(cfg)]) == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # Ctrl-C works again
     err = capsys.readouterr().err
     ckpt = tmp_path / "out" / "checkpoints" / "checkpoint-4"
     assert f"step 7: the loss or the gradients are not finite (NaN or inf); last good checkpoint: {ckpt}" in err

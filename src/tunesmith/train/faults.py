@@ -60,7 +60,7 @@ class FaultGuard(TrainerCallback):
 
     def _on_signal(self, signum, frame):
         if self.signum is not None:  # a second signal: stop now
-            self._restore()
+            self.restore_signals()
             raise KeyboardInterrupt
         self.signum = signum
         print(f"\ntunesmith: {signal.Signals(signum).name} received; saving a checkpoint after this step "
@@ -76,19 +76,19 @@ class FaultGuard(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if self.signum is not None:
-            self._restore()
+            self.restore_signals()
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             raise RunInterrupted(f"stopped by {signal.Signals(self.signum).name} at step {state.global_step}; "
                                  f"checkpoint saved in {ckpt}",
                                  "continue with `tunesmith train CONFIG model.resume=auto`", self.signum)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._restore()
+        self.restore_signals()
         if self.skipped_steps:
             print(f"tunesmith: skipped {len(self.skipped_steps)} step(s) with a non-finite loss or gradient: "
                   f"{self.skipped_steps[:20]}", file=sys.stderr)
 
-    def _restore(self):
+    def restore_signals(self):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
@@ -134,8 +134,9 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 @contextmanager
-def translated_faults(cfg, args, out: Path):
-    """Out of memory and failed writes inside the block -> one message each, exit 2."""
+def translated_faults(cfg, args, out: Path, guard: FaultGuard | None = None):
+    """Out of memory and failed writes inside the block -> one message each, exit 2. However the
+    block ends, `guard`'s signal handlers are taken down (a notebook's Ctrl-C works again)."""
     try:
         yield
     except TunesmithError:
@@ -146,6 +147,9 @@ def translated_faults(cfg, args, out: Path):
         if (oserror := write_oserror(e)) is not None:
             raise write_error(oserror, out) from e
         raise
+    finally:
+        if guard is not None:
+            guard.restore_signals()
 
 
 def out_of_memory_error(e: BaseException, cfg, args) -> ModelError:

@@ -77,7 +77,7 @@ def train(cfg: Config) -> dict:
     if resume is None and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
     artifacts.write_run_config(cfg, out)
-    with translated_faults(cfg, args, out):  # out of memory, disk full: one message
+    with translated_faults(cfg, args, out, guard):  # out of memory, disk full: one message
         result = trainer.train(resume_from_checkpoint=resume)
     release_buffers()  # the loss's working memory, kept between steps
 
