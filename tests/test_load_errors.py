@@ -179,3 +179,8 @@ def test_remote_storage_errors_are_translated(error, expected):
     assert expected in message and "hint:" in message
     if "access denied" in expected:
         assert "storage_options" in message
+
+
+def test_a_path_that_looks_like_a_status_code_or_says_split_is_still_not_found(tmp_path, capsys, tok_dir):
+    prep_fails(tmp_path, capsys, {"path": "json", "data_files": "memory://run-403/split-401.jsonl"},
+               ["data.train: not found: Unable to find 'memory://run-403/split-401.jsonl'"], tok_dir)

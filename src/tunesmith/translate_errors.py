@@ -16,8 +16,10 @@ from pathlib import Path
 from tunesmith.errors import DataError, ModelError
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EFBIG}
-AUTH_WORDS = ("credential", "accessdenied", "access denied", "forbidden", "unauthorized", "invalidaccesskey",
-              "signaturedoesnotmatch", "403", "401", "expiredtoken", "authentication")
+AUTH_WORDS = re.compile(r"credential|accessdenied|access denied|forbidden|unauthorized|invalidaccesskey|signaturedoesnotmatch"
+                        r"|expiredtoken|authentication|\((401|403)\)|\b(status|code|http)\W{0,3}(401|403)\b")
+SPLIT_WORDS = ("unknown split", "percent slice", "unrecognized instruction format", "no instructions could be built",
+               "split name should match", "subsplit")  # datasets' split and slice errors
 
 
 def causes(e: BaseException) -> list[BaseException]:
@@ -80,7 +82,7 @@ def source_load_error(e: BaseException, where: str, builder: str | None, pattern
     if (c := _named(chain, "PermissionError")) is not None:
         return DataError(f"{where}: permission denied: {getattr(c, 'filename', None) or shown}",
                          "make the file readable by this user, or check the credentials in storage_options")
-    if any(w in text for w in AUTH_WORDS):
+    if AUTH_WORDS.search(text):
         return DataError(f"{where}: access denied by the storage service ({type(chain[-1]).__name__})",
                          "check the credentials in storage_options (tunesmith never prints their values)")
     if (c := _named(chain, "ImportError", "ModuleNotFoundError")) is not None:
@@ -91,7 +93,7 @@ def source_load_error(e: BaseException, where: str, builder: str | None, pattern
         return DataError(f"{where}: {first_line(c)}",
                          "builders are json, csv, parquet, text and arrow; a local path must exist; "
                          "a Hub dataset needs the Hub reachable (or its files downloaded and given as data_files)")
-    if "unknown split" in text or "percent slice" in text or ("split" in text and isinstance(e, ValueError)):
+    if any(w in text for w in SPLIT_WORDS):
         return DataError(f"{where}.split {split!r}: {first_line(e)}",
                          "files given as data_files form one split named 'train'; slices look like train[:80] or train[10%:]")
     if isinstance(e, TypeError) and "unexpected keyword" in text:
