@@ -95,6 +95,8 @@ class FaultGuard(TrainerCallback):
 
     # -- non-finite loss / gradients ------------------------------------------------------------
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if args.fp16:  # fp16's loss scaler expects overflows: it skips those steps and lowers the scale itself
+            return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if not grads:
             return
