@@ -53,3 +53,18 @@ def test_no_secret_in_any_output_file_or_the_printed_output(tmp_path, tiny_llama
     assert "# masked (***): data.train.storage_options.key" in run_config and "# masked (***): training.hub_token" in run_config
     assert yaml.safe_load(run_config)["training"]["hub_token"] == MASK
     assert json.loads((tmp_path / "out" / "data" / "tunesmith_data.json").read_text())["data_config"]["train"]["storage_options"] == {"key": MASK, "secret": MASK}
+
+
+def test_seed_style_translation_prints_no_credentials(tmp_path, tiny_llama, capsys):
+    write_jsonl(tmp_path / "rows.jsonl", [{"input": "hi", "context": [], "response": "yo"}] * 4)
+    cfg = write_config(tmp_path / "dataprep.yaml", {
+        "base_model": str(tiny_llama),
+        "source_config": {"method": "load_dataset", "kwargs": {"path": "json", "data_files": str(tmp_path / "rows.jsonl"),
+                                                               "storage_options": {"key": S3_KEY, "secret": S3_SECRET}}},
+        "dataset_writer_config": {"method": "save_to_disk", "kwargs": {"dataset_path": str(tmp_path / "data")}}})
+    assert main(["prep", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "source_config (load_dataset) -> data source" in err and "'key': '***'" in err
+    assert S3_KEY not in err and S3_SECRET not in err
+    report = (tmp_path / "data" / "prep_report.json").read_text()
+    assert "translated_from_seed" in report and S3_KEY not in report and S3_SECRET not in report
