@@ -108,6 +108,8 @@ def broken_model(tmp_path: Path, tiny_llama: Path, how: str) -> Path:
         weights.write_bytes(b"not safetensors at all")
     elif how == "no weights":
         weights.unlink()
+    elif how == "corrupt tokenizer":
+        (model / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab"')
     elif how == "unknown model type":
         config = json.loads((model / "config.json").read_text())
         (model / "config.json").write_text(json.dumps({**config, "model_type": "llamax"}))
@@ -119,6 +121,7 @@ def broken_model(tmp_path: Path, tiny_llama: Path, how: str) -> Path:
     ("garbage weights", "{model}/model.safetensors: the weights file is corrupt or cut short"),
     ("no weights", "cannot load base_model '{model}': OSError: Error no file named model.safetensors"),
     ("unknown model type", "model type `llamax` but Transformers does not recognize this architecture"),
+    ("corrupt tokenizer", "cannot load a tokenizer from '{model}'"),
 ])
 def test_broken_base_model_is_one_message(tmp_path, capsys, tiny_llama, how, expected):
     model = broken_model(tmp_path, tiny_llama, how)
