@@ -1,4 +1,4 @@
-"""One command-line app: `tunesmith prep|preview|train|run|eval|generate|merge|init|demo CONFIG`.
+"""One command-line app: `tunesmith check|prep|preview|train|run|eval|generate|merge|init|demo CONFIG`.
 
 User errors (TunesmithError) end with one message and exit status 2; `--debug` shows the traceback.
 """
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
         return sp
 
+    with_config("check", "preflight in seconds: config, sources, a sample rendered and tokenized, estimates")
     with_config("prep", "prepare (render, tokenize, mask) the data and write it to disk")
     with_config("train", "fine-tune base_model on the prepared data")
     with_config("run", "prep, then train: the whole job from one config")
@@ -60,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except TunesmithError as e:
         if args.debug:
             raise
+        from tunesmith.config.secrets import mask_text
+
         where = f" (process {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"tunesmith: error{where}: {e}", file=sys.stderr)
-        return 2
+        print(f"tunesmith: error{where}: {mask_text(str(e), getattr(args, 'secrets', []))}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)  # 2, or 128 + signal when a signal stopped training
     except KeyboardInterrupt:
         print("tunesmith: interrupted", file=sys.stderr)
         return 130
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     from tunesmith.config import load_config
+    from tunesmith.config.secrets import secret_values
 
     if args.command == "init":
         return init(args.dir)
@@ -79,11 +83,16 @@ def run_command(args: argparse.Namespace) -> int:
         run_demo(args.config, args.overrides)
         return 0
     cfg = load_config(args.config, args.overrides)
+    args.secrets = secret_values(cfg.model_dump(mode="json"))  # masked in any message printed below
     if cfg.seed_compat and os.environ.get("RANK", "0") == "0":  # said once under a launcher
         print(f"tunesmith: read a config in {cfg.compat_source} form; translated:", file=sys.stderr)
         for note in cfg.seed_compat:
             print(f"  - {note}", file=sys.stderr)
-    if args.command == "prep":
+    if args.command == "check":
+        from tunesmith.check import check
+
+        check(cfg)
+    elif args.command == "prep":
         from tunesmith.data.prepare import prepare
 
         prepare(cfg)

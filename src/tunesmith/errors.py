@@ -30,5 +30,9 @@ class ModelError(TunesmithError):
     """A model or tokenizer cannot be loaded or does not fit the prepared data."""
 
 
+class OutputError(TunesmithError):
+    """An output (prepared data, checkpoint, final model) could not be written: disk full, permissions."""
+
+
 def row_error(row: int, message: str, hint: str | None = None) -> DataError:
     return DataError(f"row {row}: {message}", hint)

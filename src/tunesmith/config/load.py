@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunesmith.config.schema import Config
+from tunesmith.config.secrets import mask_text, secret_values
 from tunesmith.errors import ConfigError
 
 
@@ -35,7 +36,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         for item in parsed:
             set_dotted(translated.raw, *item)
     cfg = validate(translated.raw, source=str(path), key_names=translated.key_names)
-    cfg.seed_compat = translated.notes
+    secrets = secret_values(translated.raw)
+    cfg.seed_compat = [mask_text(note, secrets) for note in translated.notes]  # notes quote translated values
     cfg.compat_source = translated.framework
     cfg.key_names = translated.key_names
     return resolve_paths(cfg, path.parent.resolve())

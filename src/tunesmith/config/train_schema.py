@@ -32,4 +32,6 @@ class ModelConfig(_Strict):
     merge: bool = Field(False, description="LoRA: also write merged/ (adapter folded into the base weights)")
     resume: Literal["auto", "never"] | str = Field("never", description="auto: continue from the latest checkpoint; or a checkpoint folder")
     early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without improvement before stopping")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a step whose loss or gradients are NaN/inf: stop naming it, or skip its update (counted)")
     upload_to: list[str] = Field(default_factory=list, description="fsspec URLs to copy the output folder to when training ends")

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -14,13 +15,15 @@ from transformers import PreTrainedTokenizerBase
 
 from tunesmith import __version__
 from tunesmith.config.schema import Config
+from tunesmith.config.secrets import mask
 from tunesmith.data.pack import pack_split, packing_report
 from tunesmith.data.report import print_summary, split_report
 from tunesmith.data.rows import OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format, render_setup
-from tunesmith.data.sources import load_source
+from tunesmith.data.sources import describe_source, load_source
 from tunesmith.data.identity import tokenizer_identity
 from tunesmith.data.write import read_prepared_file, write_prepared
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ConfigError, DataError, OutputError
+from tunesmith.translate_errors import write_oserror
 
 AUTO_PROC_MIN_ROWS = 20_000  # below this, starting worker processes costs more than it saves
 
@@ -38,16 +41,19 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
     for split, ds in raw.items():
         if len(ds) == 0:
             raise DataError(f"data.{split}: the source has no rows")
-        row_format = dataset_format(d.format, ds.column_names, d.columns, preprocess is not None)
-        processor = RowProcessor(d, tokenizer, specials, fmt, row_format, preprocess)
         num_proc = d.num_proc or auto_processes(len(ds))
         num_proc = num_proc if num_proc > 1 else None  # num_proc=1 would still start a worker process
         if quiet:
             disable_progress_bars()
         try:
+            row_format = dataset_format(d.format, ds.column_names, d.columns, preprocess is not None)
+            processor = RowProcessor(d, tokenizer, specials, fmt, row_format, preprocess)
             out = ds.map(processor, batched=True, batch_size=1000, num_proc=num_proc, features=OUTPUT_FEATURES,
                          remove_columns=[c for c in ds.column_names if c != ROW], load_from_cache_file=False,
                          desc=f"tokenizing {split}")
+        except DataError as e:  # name the source the row comes from
+            source = d.eval if split == "eval" and d.eval is not None else d.train
+            raise DataError(f"data.{split} ({describe_source(source)}): {e.message}", e.hint) from e
         finally:
             enable_progress_bars()
         reports[split] = split_report(out)
@@ -74,8 +80,15 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
     }
     meta = {"tunesmith_version": __version__, "tokenizer": tokenizer_identity(tokenizer),
             "prompt_format": report["prompt_format"], "max_length": d.max_length,
-            "data_config": d.model_dump(mode="json")}
-    write_prepared(DatasetDict(processed), out_dir, report, meta, d.export, d.output_layout, d.writer)
+            "data_config": mask(d.model_dump(mode="json"))[0]}  # no storage_options credentials on disk
+    try:
+        write_prepared(DatasetDict(processed), out_dir, report, meta, d.export, d.output_layout, d.writer)
+    except Exception as e:  # disk full, permissions: write_prepared removed its partial copy
+        if (oserror := write_oserror(e)) is None:
+            raise
+        raise OutputError(f"could not write the prepared data to {out_dir}: {os.strerror(oserror.errno)}; "
+                          "the partial copy was removed and any previous data there is intact",
+                          "free space or fix permissions there, or set data.output elsewhere; then prep again") from e
     if not quiet:
         print_summary(report)
     return report
@@ -98,6 +111,10 @@ def raw_splits(cfg: Config) -> dict[str, Dataset]:
     if d.eval is not None:
         raw["eval"] = with_row_index(load_source(d.eval, "data.eval"))
     elif d.validation_split:
+        rows, held = len(raw["train"]), math.ceil(d.validation_split * len(raw["train"]))  # as train_test_split rounds
+        if rows - held < 1:
+            raise DataError(f"data.validation_split {d.validation_split} of {rows} row(s) leaves no training row",
+                            "give more rows, a smaller validation_split, or a separate data.eval source")
         parts = raw["train"].train_test_split(test_size=d.validation_split, seed=d.seed, shuffle=True)
         raw = {"train": parts["train"], "eval": parts["test"]}
     return raw

@@ -1,6 +1,7 @@
 """A source spec -> a datasets.Dataset: load_dataset, load_from_disk (local or fsspec), or a callable."""
 from __future__ import annotations
 
+import copy
 import glob
 import importlib
 import importlib.util
@@ -14,16 +15,24 @@ from datasets.utils import logging as ds_logging
 
 from tunesmith.config.schema import SourceConfig
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.translate_errors import first_line, source_load_error
 
 
 def load_source(src: SourceConfig, where: str = "data.train") -> Dataset:
     if src.from_disk:
         _require_local(src.from_disk, f"{where}.from_disk")
-        loaded = load_from_disk(src.from_disk, storage_options=src.storage_options)
+        try:
+            loaded = load_from_disk(src.from_disk, storage_options=_copy(src.storage_options))
+        except Exception as e:
+            raise source_load_error(e, f"{where}.from_disk", "arrow", [src.from_disk], src.split) from e
         return _pick_split(loaded, src.split, src.from_disk)
     if src.function:
         fn = import_callable(src.function, f"{where}.function")
-        loaded = fn()
+        try:
+            loaded = fn()
+        except Exception as e:  # user code: say whose, keep its traceback for --debug
+            raise DataError(f"{where}.function {src.function} raised {type(e).__name__}: {first_line(e)}",
+                            "fix the function; --debug shows its traceback") from e
         if isinstance(loaded, list):
             loaded = Dataset.from_list(loaded)
         if not isinstance(loaded, (Dataset, DatasetDict)):
@@ -31,6 +40,16 @@ def load_source(src: SourceConfig, where: str = "data.train") -> Dataset:
                             "return a datasets.Dataset, a DatasetDict or a list of dicts")
         return _pick_split(loaded, src.split, src.function)
     return _load_dataset(src, where)
+
+
+def describe_source(src: SourceConfig) -> str:
+    """The source in a few words, for messages: its files, folder, function or dataset name."""
+    files = src.data_files
+    if isinstance(files, dict):
+        files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    if isinstance(files, list):
+        files = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return files or src.from_disk or src.function or src.data_dir or src.path or "?"
 
 
 def _load_dataset(src: SourceConfig, where: str) -> Dataset:
@@ -45,16 +64,18 @@ def _load_dataset(src: SourceConfig, where: str) -> Dataset:
     ds_logging.set_verbosity(ds_logging.CRITICAL)  # its parse-error log would duplicate our message
     try:
         return load_dataset(src.path, name=src.name, data_files=src.data_files, data_dir=src.data_dir,
-                            split=src.split, storage_options=src.storage_options, **src.kwargs)
+                            split=src.split, storage_options=_copy(src.storage_options), **src.kwargs)
     except Exception as e:  # datasets wraps parse errors; find the bad line ourselves
         bad = _first_bad_json_line(files or _files_in(src.data_dir)) if src.path == "json" else None
         if bad:
-            raise DataError(bad, "each line of a JSONL file must be one JSON object") from None
-        if isinstance(e, (FileNotFoundError, ValueError)):
-            raise DataError(f"{where}: could not load {src.path!r} (split {src.split!r}): {e}") from None
-        raise
+            raise DataError(bad, "each line of a JSONL file must be one JSON object") from e
+        raise source_load_error(e, where, src.path, files or _files_in(src.data_dir, "*"), src.split) from e
     finally:
         ds_logging.set_verbosity(level)
+
+
+def _copy(options: dict | None) -> dict | None:
+    return copy.deepcopy(options)  # datasets adds its own entries ("hf": {...}) to the dict it is given
 
 
 def _local_files(data_files: Any) -> list[str]:
@@ -67,8 +88,8 @@ def _local_files(data_files: Any) -> list[str]:
     return [f for f in data_files if "://" not in f]
 
 
-def _files_in(folder: str | None) -> list[str]:
-    return sorted(str(p) for p in Path(folder).glob("*.json*")) if folder and "://" not in folder else []
+def _files_in(folder: str | None, pattern: str = "*.json*") -> list[str]:
+    return sorted(str(p) for p in Path(folder).glob(pattern) if p.is_file()) if folder and "://" not in folder else []
 
 
 def _first_bad_json_line(files: list[str]) -> str | None:

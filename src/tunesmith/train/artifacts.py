@@ -78,8 +78,15 @@ def replace_folder(tmp: Path, target: Path) -> Path:
 
 
 def write_run_config(cfg: Config, out: Path) -> None:
+    """The resolved config, credentials masked; a header lists them so the run can be reproduced."""
+    from tunesmith.config.secrets import MASK, mask
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    masked, paths = mask(cfg.model_dump(mode="json"))
+    header = "".join(f"# masked ({MASK}): {p}\n" for p in paths)
+    if header:
+        header = "# credentials are not written here; supply these values again to reproduce the run:\n" + header
+    (out / "run_config.yaml").write_text(header + yaml.safe_dump(masked, sort_keys=False))
 
 
 def plot_losses(metrics_path: Path, png: Path) -> Path | None:

@@ -11,6 +11,7 @@ from tunesmith.config.schema import Config
 from tunesmith.errors import ModelError
 from tunesmith.modelref import local_model
 from tunesmith.train.distributed import local_rank
+from tunesmith.translate_errors import lora_target_error, model_load_error
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,10 +47,8 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
         kwargs["device_map"] = {"": local_rank()}  # each process's copy on its own GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, ImportError) as e:
-        raise ModelError(f"cannot load base_model {cfg.base_model!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
-                         "use a local folder, a .gguf file, or a Hub id when the Hub is reachable; "
-                         "attn_implementation flash_attention_2 needs the flash-attn package") from None
+    except Exception as e:  # missing/corrupt weights, unknown model type, no flash-attn, ...
+        raise model_load_error(e, cfg.base_model, str(path)) from e
     model.config.pad_token_id = tokenizer.pad_token_id
     if m.method in ("lora", "qlora"):
         model = add_lora(model, cfg)
@@ -112,4 +111,7 @@ def add_lora(model: PreTrainedModel, cfg: Config):
     targets = lc.target_modules or lora_targets(model)
     peft_config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                              task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, peft_config)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError: target modules that match nothing
+        raise lora_target_error(e, targets, lora_targets(model)) from e

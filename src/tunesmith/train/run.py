@@ -27,6 +27,7 @@ from tunesmith.train.checkpoints import MarkCompleteCheckpoints, resume_point
 from tunesmith.train.chunked_ce import release_buffers
 from tunesmith.train.collate import PadCollator
 from tunesmith.train.distributed import check_launch, is_main_process
+from tunesmith.train.faults import FaultGuard, translated_faults
 from tunesmith.train.loss import use_trained_positions_loss
 from tunesmith.train.metrics import MetricsCallback
 from tunesmith.train.model import base_causal_lm, load_model
@@ -77,7 +78,8 @@ def train(cfg: Config) -> dict:
               f"loss {'at trained positions' if trained_loss else 'from the model'}"
               f"{', Liger kernels' if args.use_liger_kernel else ''}"
               f"{f', {args.world_size} processes' if args.world_size > 1 else ''}", file=sys.stderr)
-    callbacks = [MarkCompleteCheckpoints()]
+    guard = FaultGuard(skip_nonfinite=cfg.model.nonfinite == "skip")  # signals, NaN/inf steps
+    callbacks = [MarkCompleteCheckpoints(), guard]
     if cfg.model.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.model.early_stopping_patience))
     trainer = TunesmithTrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
@@ -93,15 +95,17 @@ def train(cfg: Config) -> dict:
         if resume is None and (out / "metrics.jsonl").exists():
             (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
         artifacts.write_run_config(cfg, out)
-    result = trainer.train(resume_from_checkpoint=resume)
+    with translated_faults(cfg, args, out, guard):  # out of memory, disk full: one message
+        result = trainer.train(resume_from_checkpoint=resume)
     release_buffers()  # the loss's working memory, kept between steps
 
     # Artifacts: every process takes part in evaluating and saving; the main process writes.
     eval_loss = final_eval_loss(trainer, metrics.records) if eval_ds is not None else None
     trained_tokens, tokens = trainer.tokens.totals(args.device)
     use_plain_sdpa(trainer.model)
-    final = artifacts.save_final(trainer, tokenizer, out, cfg)
-    merged = artifacts.save_merged(trainer, tokenizer, out, cfg) if cfg.model.merge and cfg.model.method != "full" else None
+    with translated_faults(cfg, args, out):
+        final = artifacts.save_final(trainer, tokenizer, out, cfg)
+        merged = artifacts.save_merged(trainer, tokenizer, out, cfg) if cfg.model.merge and cfg.model.method != "full" else None
     losses = [r["loss"] for r in metrics.records if "loss" in r]
     seconds = time.perf_counter() - start
     runtime = max(result.metrics.get("train_runtime", 0.0), 1e-9)
@@ -122,6 +126,7 @@ def train(cfg: Config) -> dict:
         "loss": "trained positions, in the model's forward" if trained_loss else "the model's own",
         "liger_kernels": args.use_liger_kernel,
         "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
+        "nonfinite_steps_skipped": guard.skipped_steps,
     }
     if is_main_process():
         artifacts.plot_losses(out / "metrics.jsonl", out / "loss.png")
