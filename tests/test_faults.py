@@ -111,8 +111,8 @@ def test_kill_9_mid_training_then_resume_equals_uninterrupted(tmp_path, tiny_lla
 
 
 def test_kill_9_mid_checkpoint_save_then_resume_equals_uninterrupted(tmp_path, tiny_llama, uninterrupted):
-    """What a kill while checkpoint-8 is being written leaves: its weights, no trainer_state.json
-    (the Trainer writes it last), nothing later. Resume skips it, retrains over it, and ends equal."""
+    """What a kill while checkpoint-8 is being written leaves: its weights, no completion marker
+    (written last), nothing later. Resume skips it, retrains over it, and ends equal."""
     import shutil
 
     cfg = setup(tmp_path, tiny_llama)
@@ -120,6 +120,9 @@ def test_kill_9_mid_checkpoint_save_then_resume_equals_uninterrupted(tmp_path, t
     out = tmp_path / "out"
     shutil.rmtree(out / "final")
     shutil.rmtree(out / "checkpoints" / "checkpoint-12")
+    from tunesmith.train.checkpoints import MARKER
+
+    (out / "checkpoints" / "checkpoint-8" / MARKER).unlink()
     (out / "checkpoints" / "checkpoint-8" / "trainer_state.json").unlink()
     (out / "checkpoints" / "checkpoint-8" / "optimizer.pt").write_bytes(b"cut sh")
     assert main(["train", str(cfg), "model.resume=auto"]) == 0
@@ -140,9 +143,9 @@ def test_kill_9_during_the_final_save_then_resume_equals_uninterrupted(tmp_path,
 
 
 def inject_nan_at(monkeypatch, step: int) -> None:
-    from tunesmith.train.loss import TrainedTokenLossTrainer
+    from tunesmith.train.trainer import TunesmithTrainer
 
-    original = TrainedTokenLossTrainer.compute_loss
+    original = TunesmithTrainer.compute_loss
 
     def compute_loss(self, *args, **kwargs):
         loss = original(self, *args, **kwargs)
@@ -150,7 +153,7 @@ def inject_nan_at(monkeypatch, step: int) -> None:
             loss = (loss[0] * float("nan"), *loss[1:]) if isinstance(loss, tuple) else loss * float("nan")
         return loss
 
-    monkeypatch.setattr(TrainedTokenLossTrainer, "compute_loss", compute_loss)
+    monkeypatch.setattr(TunesmithTrainer, "compute_loss", compute_loss)
 
 
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path, tiny_llama, monkeypatch, capsys):
@@ -177,12 +180,12 @@ def test_nan_steps_can_be_skipped_and_are_counted(tmp_path, tiny_llama, monkeypa
 
 
 def test_out_of_memory_names_the_knobs_for_this_run(tmp_path, tiny_llama, monkeypatch, capsys):
-    from tunesmith.train.loss import TrainedTokenLossTrainer
+    from tunesmith.train.trainer import TunesmithTrainer
 
     def oom(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(TrainedTokenLossTrainer, "compute_loss", oom)
+    monkeypatch.setattr(TunesmithTrainer, "compute_loss", oom)
     assert main(["run", str(setup(tmp_path, tiny_llama))]) == 2
     err = capsys.readouterr().err
     assert "out of GPU memory while training" in err and "Traceback" not in err, err[-1500:]

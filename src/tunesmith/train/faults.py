@@ -124,7 +124,7 @@ def _any_rank(flag: bool) -> bool:
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
-    from tunesmith.train.run import latest_complete_checkpoint
+    from tunesmith.train.checkpoints import latest_complete_checkpoint
 
     return latest_complete_checkpoint(folder) if folder.is_dir() else None
 
@@ -184,8 +184,10 @@ def write_error(e: OSError, out: Path) -> OutputError:
 
 
 def remove_partial_outputs(out: Path) -> list[str]:
-    """Checkpoint folders without a readable trainer_state.json (the Trainer writes it last), and
-    the temporary folders of final/ and merged/."""
+    """Checkpoint folders without tunesmith's completion marker (written last, once every process
+    finished its part), and the temporary folders of final/ and merged/."""
+    from tunesmith.train.checkpoints import MARKER
+
     removed = []
     for tmp in (out / ".final.tmp", out / ".merged.tmp"):
         if tmp.exists():
@@ -193,7 +195,7 @@ def remove_partial_outputs(out: Path) -> list[str]:
             removed.append(str(tmp))
     for ckpt in (out / "checkpoints").glob("checkpoint-*"):
         try:
-            json.loads((ckpt / "trainer_state.json").read_text())
+            json.loads((ckpt / MARKER).read_text())
         except (OSError, ValueError):
             shutil.rmtree(ckpt, ignore_errors=True)
             removed.append(str(ckpt))
