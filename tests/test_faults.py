@@ -130,8 +130,6 @@ def test_kill_9_mid_checkpoint_save_then_resume_equals_uninterrupted(tmp_path, t
     assert_same_run(out, uninterrupted)
 
 
-@pytest.mark.xfail(strict=True, reason="transformers takes one step past max_steps when resumed from the last "
-                                       "checkpoint (run.py's resume logic: see the issue-13 report)")
 def test_kill_9_during_the_final_save_then_resume_equals_uninterrupted(tmp_path, tiny_llama, uninterrupted):
     import shutil
 

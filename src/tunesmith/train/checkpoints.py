@@ -81,3 +81,26 @@ def resume_point(resume: str, checkpoints: str, args) -> str | None:
     if chosen is not None:
         check_layout(chosen, args)
     return chosen
+
+
+def is_finished(ckpt: str | None) -> bool:
+    """The checkpoint is the run's last step (a kill came after it, before final/ was written).
+    Resumed from there, the Trainer would take one step past the end, so nothing is left to train."""
+    if ckpt is None:
+        return False
+    try:
+        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+
+
+def load_finished(trainer, ckpt: str):
+    """The weights and state of a finished run's last checkpoint, as if training had just ended."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(ckpt)
+    trainer.state = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
+    print(f"tunesmith: {Path(ckpt).name} is the run's last step: nothing left to train", file=sys.stderr)
+    return TrainOutput(trainer.state.global_step, 0.0, {"train_runtime": 0.0})

@@ -23,7 +23,7 @@ from tunesmith.train import artifacts
 from tunesmith.train.attention import supports_varlen, use_plain_sdpa, use_varlen_sdpa
 from tunesmith.train.autocast import share_norm_casts
 from tunesmith.train.arguments import check_training_keys, training_arguments
-from tunesmith.train.checkpoints import MarkCompleteCheckpoints, resume_point
+from tunesmith.train.checkpoints import MarkCompleteCheckpoints, is_finished, load_finished, resume_point
 from tunesmith.train.chunked_ce import release_buffers
 from tunesmith.train.collate import PadCollator
 from tunesmith.train.distributed import check_launch, is_main_process
@@ -95,8 +95,11 @@ def train(cfg: Config) -> dict:
         if resume is None and (out / "metrics.jsonl").exists():
             (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
         artifacts.write_run_config(cfg, out)
-    with translated_faults(cfg, args, out, guard):  # out of memory, disk full: one message
-        result = trainer.train(resume_from_checkpoint=resume)
+    if is_finished(resume):
+        result = load_finished(trainer, resume)
+    else:
+        with translated_faults(cfg, args, out, guard):  # out of memory, disk full: one message
+            result = trainer.train(resume_from_checkpoint=resume)
     release_buffers()  # the loss's working memory, kept between steps
 
     # Artifacts: every process takes part in evaluating and saving; the main process writes.
