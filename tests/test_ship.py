@@ -60,8 +60,9 @@ def test_model_card_parses_and_states_the_run(trained):
     assert "base_model" not in meta  # a local folder is no Hub id: left out, not invented
     train = prep["splits"]["train"]
     for figure in (f"| train | {train['rows_read']:,} | {train['rows_kept']:,} |", f"{train['trained_tokens']:,}",
-                   f"{train['trained_share']:.1%}", f"{summary['final_loss']:.4f}", f"| steps | {summary['steps']} |",
-                   "| LoRA r / alpha / dropout | 4 / 8 / 0.0 |", "AutoPeftModelForCausalLM", "![loss curve](loss.png)"):
+                   f"{train['trained_share']:.1%}", f"{summary['final_loss']:.4f}", f"| steps run | {summary['steps']} |",
+                   "| length | 8 steps |", "| learning rate | 0.01 |", "| LoRA r / alpha / dropout | 4 / 8 / 0.0 |",
+                   "AutoPeftModelForCausalLM", "![loss curve](loss.png)"):
         assert figure in card.text, figure
     # the example prompt is decoded from the trained ids: the chatml markers and the system message, then the answer
     assert "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nQ: color of the sky?" in card.text

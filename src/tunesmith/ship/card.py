@@ -41,7 +41,10 @@ def write_card(folder: str | Path, cfg: Config, out_dir: str | Path | None = Non
 def card_tokenizer(folder: Path, cfg: Config):
     from transformers import AutoTokenizer
 
+    from tunesmith.modelref import local_model
+
     for ref in (folder, cfg.tokenizer, cfg.base_model):
+        ref = local_model(str(ref)) if ref else None  # a .gguf base: its converted folder
         if ref and Path(ref, "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(ref)
     return None
