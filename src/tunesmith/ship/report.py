@@ -20,7 +20,7 @@ from tunesmith.ship.facts import example_rows, masked, run_facts
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td.l,th.l,td.t{text-align:left}td.t{white-space:pre-wrap}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-all}
+th{background:#f3f3f3;text-align:left}td.l,th.l,td.t{text-align:left}td.t{white-space:pre-wrap}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-all}
 .trained{background:#c8f0c8;font-weight:600}.masked{color:#777}figure{margin:.5em 0}h2{border-bottom:1px solid #ddd}"""
 
 
