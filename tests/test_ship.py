@@ -150,7 +150,7 @@ def modelfile_parts(text: str) -> tuple[str, str | None, list[str]]:
 def test_modelfile_template_renders_the_training_prompt(tmp_path, tiny_llama, data):
     from datasets import load_from_disk
 
-    from tunesmith.ship.ollama import write_modelfile
+    from tunesmith.ship.ollama import jinja_chat_template, write_modelfile
 
     cfg_path = run_config(tmp_path, tiny_llama, **data)
     assert main(["prep", str(cfg_path)]) == 0
@@ -163,6 +163,16 @@ def test_modelfile_template_renders_the_training_prompt(tmp_path, tiny_llama, da
         rendered = tok.bos_token + render_go(template, system, source["prompt"], source["response"])  # BOS: added by llama.cpp
         assert row["full_text"] in (rendered, rendered + tok.eos_token), (row["full_text"], rendered)
     assert tok.eos_token in stops
+    if data["prompt_format"] == "chat_template":
+        return  # the GGUF keeps the tokenizer's own template, which training used
+    # the chat template written into the GGUF (llama.cpp's chat mode) renders the same text
+    tok.chat_template = jinja_chat_template(cfg, tok)
+    for row, source in zip(rows, ROWS):
+        messages = [{"role": "user", "content": source["prompt"]}, {"role": "assistant", "content": source["response"]}]
+        rendered = tok.bos_token + tok.apply_chat_template(messages, tokenize=False)
+        assert row["full_text"] in (rendered, rendered + tok.eos_token), (row["full_text"], rendered)
+        prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+        assert rendered.startswith(tok.bos_token + prompt + source["response"])
 
 
 def test_export_ollama_from_a_lora_adapter(trained, capsys):
@@ -175,6 +185,12 @@ def test_export_ollama_from_a_lora_adapter(trained, capsys):
 
     fields = GGUFReader(gguf_path).fields
     assert fields["general.name"].contents() == "toy" and fields["general.license"].contents() == "apache-2.0"
+    from tunesmith.ship.ollama import jinja_chat_template  # chatml training: the file's template is chatml's render
+
+    tok = AutoTokenizer.from_pretrained(out / "export", gguf_file=gguf_path.name)
+    assert tok.chat_template == jinja_chat_template(load_config(cfg_path), tok)
+    system_turn = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert system_turn == "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)  # the adapter merged in memory = merged/
     loaded = AutoModelForCausalLM.from_pretrained(out / "export", gguf_file=gguf_path.name, dtype=torch.float32)
     with torch.no_grad():

@@ -10,11 +10,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from tunesmith.config.schema import Config
+from tunesmith.data.prompts import CHAT_TEMPLATE
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.ship.card import base_license
 from tunesmith.ship.gguf import export_gguf
-from tunesmith.ship.ollama import write_modelfile
+from tunesmith.ship.ollama import jinja_chat_template, write_modelfile
 
 TARGETS = ("gguf", "ollama")
 
@@ -29,11 +32,12 @@ def export(cfg: Config, to: str, quant: str = "f16", model: str | None = None) -
     target = out / "export" / f"{cfg.name}-{quant}.gguf"
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-merge-") as tmp:
         plain = merged_copy(cfg, folder, Path(tmp)) if (folder / "adapter_config.json").is_file() else folder
-        written = {"gguf": export_gguf(plain, target, quant, name=cfg.name, license=base_license(cfg.base_model))}
+        tokenizer = AutoTokenizer.from_pretrained(plain)
+        # llama.cpp's chat mode reads the template from the file: make it the format the model was trained with
+        template = None if cfg.data.prompt_format == CHAT_TEMPLATE else jinja_chat_template(cfg, tokenizer)
+        written = {"gguf": export_gguf(plain, target, quant, name=cfg.name, license=base_license(cfg.base_model),
+                                       chat_template=template)}
         if to == "ollama":
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(plain)
             written["modelfile"] = write_modelfile(cfg, tokenizer, target, out / "export" / "Modelfile")
     for path in written.values():
         print(f"tunesmith: wrote {path}", file=sys.stderr)

@@ -24,8 +24,9 @@ Q8_BLOCK = 32  # q8_0 quantizes rows in blocks of 32 values
 
 
 def export_gguf(folder: str | Path, target: str | Path, quant: str = "f16", name: str | None = None,
-                license: str | None = None) -> Path:
-    """Write `target` (.gguf) from the model folder; written beside it and renamed when complete."""
+                license: str | None = None, chat_template: str | None = None) -> Path:
+    """Write `target` (.gguf) from the model folder; written beside it and renamed when complete.
+    `chat_template`: the one to write instead of the tokenizer's own (the training prompt format's)."""
     import gguf
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -47,7 +48,7 @@ def export_gguf(folder: str | Path, target: str | Path, quant: str = "f16", name
         write_hparams(writer, config, quant, name or Path(folder).name)
         if license:
             writer.add_license(license)
-        write_tokenizer(writer, tokenizer, config)
+        write_tokenizer(writer, tokenizer, config, chat_template or getattr(tokenizer, "chat_template", None))
         write_tensors(writer, model, config, arch, permute_qk, quant)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -100,7 +101,7 @@ def write_hparams(writer, config, quant: str, name: str) -> None:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def write_tokenizer(writer, tokenizer, config) -> None:
+def write_tokenizer(writer, tokenizer, config, chat_template: str | None) -> None:
     """Byte-level BPE vocabulary, merges and special tokens, as llama.cpp's `gpt2` tokenizer reads them."""
     import gguf
 
@@ -138,8 +139,8 @@ def write_tokenizer(writer, tokenizer, config) -> None:
     adds_bos = bool(tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id])
     writer.add_add_bos_token(adds_bos)
     writer.add_add_eos_token(False)
-    if getattr(tokenizer, "chat_template", None):
-        writer.add_chat_template(tokenizer.chat_template)
+    if chat_template:
+        writer.add_chat_template(chat_template)
 
 
 def byte_level(spec: dict) -> bool:

@@ -9,6 +9,7 @@ model the same text training did.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tunesmith.config.schema import Config
@@ -58,6 +59,31 @@ def stop_strings(cfg: Config, tokenizer, closing: str) -> list[str]:
     encoder_stops = PromptEncoder(cfg, tokenizer).stop_strings
     stops = [*encoder_stops, closing.strip(), tokenizer.eos_token or ""]
     return list(dict.fromkeys(s for s in stops if s))
+
+
+def jinja_chat_template(cfg: Config, tokenizer) -> str:
+    """A chat template (for the GGUF metadata, which llama.cpp's chat mode reads) that writes the
+    training prompt: each user turn as the rendered prompt (system block on the first, as trained),
+    each assistant turn as its answer and closing text. The answer cue comes with the user turn,
+    so the generation prompt is in place either way."""
+    with_system, closing = prompt_parts(cfg, tokenizer, SYSTEM)
+    without_system, _ = prompt_parts(cfg, tokenizer, None)
+
+    def expr(text: str, system: str = "") -> str:
+        """`text` as Jinja string concatenation, sentinels replaced by the variables."""
+        pieces = re.split(f"({re.escape(SYSTEM)}|{re.escape(PROMPT)})", text)
+        names = {SYSTEM: system, PROMPT: "m['content']"}
+        return " ~ ".join(names.get(p, json.dumps(p, ensure_ascii=False)) for p in pieces if p)
+
+    default = json.dumps(cfg.data.prompt.system_message, ensure_ascii=False) if cfg.data.prompt.system_message else "none"
+    return ("{% set ns = namespace(system=" + default + ") %}"
+            "{% for m in messages %}"
+            "{% if m['role'] == 'system' %}{% set ns.system = m['content'] %}"
+            "{% elif m['role'] == 'user' %}"
+            "{% if ns.system is not none %}{{ " + expr(with_system, "ns.system") + " }}{% else %}{{ " + expr(without_system) + " }}{% endif %}"
+            "{% set ns.system = none %}"
+            "{% elif m['role'] == 'assistant' %}{{ m['content'] ~ " + json.dumps(closing, ensure_ascii=False) + " }}"
+            "{% endif %}{% endfor %}")
 
 
 def write_modelfile(cfg: Config, tokenizer, gguf_file: Path, target: Path) -> Path:
