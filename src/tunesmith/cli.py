@@ -1,4 +1,4 @@
-"""One command-line app: `tunesmith check|prep|preview|train|run|eval|generate|merge|init|demo CONFIG`.
+"""One command-line app: `tunesmith check|prep|preview|train|run|eval|generate|chat|merge|export|push|report|init|demo CONFIG`.
 
 User errors (TunesmithError) end with one message and exit status 2; `--debug` shows the traceback.
 """
@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     mg = with_config("merge", "fold a LoRA adapter into its base model and save a plain model folder")
     mg.add_argument("--adapter", help="adapter folder (default: <output_dir>/final)")
     mg.add_argument("--out", help="where to write (default: <output_dir>/merged)")
+    ex = with_config("export", "write the trained model as a GGUF file (llama.cpp), or GGUF + Modelfile (Ollama)")
+    ex.add_argument("--to", choices=["gguf", "ollama"], default="gguf")
+    ex.add_argument("--quant", choices=["f16", "q8_0"], default="f16")
+    ex.add_argument("--model", help="model folder (default: merged/, else final/; a LoRA adapter is merged first)")
+    pu = with_config("push", "upload the model, its card and exported files to a Hugging Face Hub repo (private)")
+    pu.add_argument("--repo", required=True, help="user/name or org/name")
+    pu.add_argument("--folder", help="model folder to push (default: merged/, else final/)")
+    pu.add_argument("--public", action="store_true", help="make a new repository public (default: private)")
+    rp = with_config("report", "write report.html: one self-contained page of the run")
+    rp.add_argument("--out", help="where to write (default: <output_dir>/report.html)")
     it = sub.add_parser("init", help="write a commented config template to fill in")
     it.add_argument("dir", nargs="?", default=".")
     it.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
@@ -131,6 +141,18 @@ def run_command(args: argparse.Namespace) -> int:
         from tunesmith.infer.merge import merge
 
         print(merge(cfg, args.adapter, args.out))
+    elif args.command == "export":
+        from tunesmith.ship.export import export
+
+        export(cfg, args.to, args.quant, args.model)
+    elif args.command == "push":
+        from tunesmith.ship.push import push
+
+        print(push(cfg, args.repo, args.folder, args.public))
+    elif args.command == "report":
+        from tunesmith.ship.report import write_report
+
+        print(write_report(cfg, args.out))
     return 0
 
 

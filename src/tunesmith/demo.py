@@ -12,6 +12,8 @@ from tunesmith.config import load_config
 from tunesmith.data.prepare import prepare
 from tunesmith.demo_model import demo_model_path
 from tunesmith.infer.evaluate import evaluate, print_results
+from tunesmith.ship.card import write_card
+from tunesmith.ship.report import write_report
 from tunesmith.train.run import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "arc_easy" / "cpu.yaml"
@@ -35,8 +37,10 @@ def run_demo(config: str | None = None, overrides: list[str] | None = None) -> d
     console.rule("before / after")
     print_results([before, after], console)
     out = Path(cfg.resolved_output_dir())
+    write_card(summary["final"], cfg)  # again, now with the before/after evaluation
+    report = write_report(cfg)
     console.print(f"train loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; "
                   f"{summary['tokens_per_second']:.0f} tokens/s ({summary['trained_tokens_per_second']:.0f} of them trained); "
                   f"whole demo {seconds:.0f}s")
-    console.print(f"model: {summary['final']}\nloss curve: {out / 'loss.png'}\npredictions: {out / 'eval'}")
+    console.print(f"model: {summary['final']}\nloss curve: {out / 'loss.png'}\npredictions: {out / 'eval'}\nreport: {report}")
     return {"before": before, "after": after, "train": summary, "seconds": round(seconds, 1)}

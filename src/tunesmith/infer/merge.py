@@ -6,6 +6,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config
 from tunesmith.errors import ModelError
 from tunesmith.infer.load import load_for_inference
+from tunesmith.ship.card import write_card
 from tunesmith.train.artifacts import save_folder
 
 
@@ -16,4 +17,6 @@ def merge(cfg: Config, adapter: str | None = None, out: str | None = None) -> Pa
                          "merge takes the final/ folder of a LoRA run, or --adapter PATH")
     model, tokenizer = load_for_inference(cfg, adapter)
     target = Path(out) if out else Path(cfg.resolved_output_dir()) / "merged"
-    return save_folder(model.merge_and_unload(), tokenizer, target)
+    saved = save_folder(model.merge_and_unload(), tokenizer, target)
+    write_card(saved, cfg)
+    return saved

@@ -19,6 +19,7 @@ from tunesmith.data.prepare import load_prepared
 from tunesmith.data.tokenize import load_tokenizer
 from tunesmith.data.write import read_meta
 from tunesmith.errors import ModelError
+from tunesmith.ship.card import write_card
 from tunesmith.train import artifacts
 from tunesmith.train.attention import supports_varlen, use_plain_sdpa, use_varlen_sdpa
 from tunesmith.train.autocast import share_norm_casts
@@ -134,6 +135,9 @@ def train(cfg: Config) -> dict:
     if is_main_process():
         artifacts.plot_losses(out / "metrics.jsonl", out / "loss.png")
         artifacts.write_summary(out, summary)
+        for folder in (final, merged):  # the model card needs the run's figures, so it comes after summary.json
+            if folder is not None:
+                write_card(folder, cfg, out)
         if cfg.model.upload_to:
             artifacts.upload(out, cfg.model.upload_to)
         print(f"tunesmith: trained {summary['steps']} steps in {summary['wall_seconds']}s; model in {final}", file=sys.stderr)
