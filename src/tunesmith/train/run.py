@@ -64,6 +64,8 @@ def train(cfg: Config) -> dict:
         # trained-positions loss (which skips the untrained positions Liger still projects): keep ours.
         args.liger_kernel_config = {**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False,
                                     "cross_entropy": False}
+    if trained_loss and "ddp_find_unused_parameters" not in cfg.training:
+        args.ddp_find_unused_parameters = False  # every parameter reaches this loss: no search of the graph per step
     share_norm_casts(model)
     use_memory_saving_swiglu(model)
     attention = base_causal_lm(model).config._attn_implementation  # what `auto` resolved to
