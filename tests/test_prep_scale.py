@@ -7,9 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets.table import MemoryMappedTable
 
 from helpers import run_measuring_memory, write_config
+from tunesmith.cli import main
+from tunesmith.data.prepare import load_prepared
 from tunesmith.data.report import _add_counts, percentiles
+from tunesmith.train.run import training_columns
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven red birds sing".split()
 
@@ -57,3 +61,18 @@ def test_length_percentiles_from_histograms_equal_numpy():
         hist = _add_counts(_add_counts(np.zeros(0, np.int64), x[:n // 2]), x[n // 2:])  # two batches
         p = np.percentile(x, [50, 90, 99])
         assert percentiles(hist) == {"p50": int(p[0]), "p90": int(p[1]), "p99": int(p[2]), "max": int(x.max())}
+
+
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+def test_training_reads_the_prepared_rows_memory_mapped(tmp_path, tok_dir, sampling):
+    """Training starts without loading the prepared set: its token columns stay in the Arrow files,
+    memory-mapped (only the `length` column for length-grouped sampling is built in memory)."""
+    write_rows(tmp_path / "rows.jsonl", 500)
+    cfg = write_config(tmp_path / "cfg.yaml", {"base_model": str(tok_dir), "output_dir": str(tmp_path / "out"),
+                                               "data": {"train": {"data_files": str(tmp_path / "rows.jsonl")}}})
+    assert main(["prep", str(cfg)]) == 0
+    ds = training_columns(load_prepared(str(tmp_path / "out" / "data"))["train"], sampling)
+    blocks = [b for row in getattr(ds.data, "blocks", [[ds.data]]) for b in row]
+    token_blocks = [b for b in blocks if "input_ids" in b.column_names]
+    assert token_blocks and all(isinstance(b, MemoryMappedTable) for b in token_blocks)
+    assert ds._indices is None  # no index mapping that would make the Trainer gather rows
