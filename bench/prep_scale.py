@@ -1,8 +1,9 @@
 """How `tunesmith prep` scales with rows: time and peak memory on generated prompt/response rows.
 
-Each size is written as JSONL, then prepared by `tunesmith prep` in a fresh process, whose peak
-RSS is read from the kernel when it exits (os.wait4). Time should grow linearly with rows and
-peak RSS should stay flat: prep streams the rows through in batches and writes Arrow as it goes.
+Each size is written as JSONL, then prepared by `tunesmith prep` in a fresh process: its peak RSS
+(from the kernel when it exits) and the peak of its anonymous part (sampled; RSS also counts the
+memory-mapped Arrow files). Time should grow linearly with rows and the anonymous memory stay
+flat: prep streams the rows through in batches and writes Arrow as it goes.
 
     .venv/bin/python bench/prep_scale.py                            # 100k, 300k, 1M rows
     .venv/bin/python bench/prep_scale.py --rows 20000,60000 --tokenizer PATH
@@ -15,11 +16,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import run_measuring_memory  # noqa: E402  (the tests measure prep's memory the same way)
 
 WORDS = ("the of and to in is was for on that with as by at from his her an were are which this be or has had "
          "not but also its after first new two they one who their been year all into more other time some may "
@@ -42,37 +45,18 @@ def write_rows(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
-def peak_anonymous_mb(pid: int, stop: threading.Event, peak: list[float]) -> None:
-    """Samples the process's anonymous resident memory (RssAnon: its heap, not the Arrow files it
-    has memory-mapped, whose pages the kernel counts in RSS but can drop at any time)."""
-    while not stop.is_set():
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    peak[0] = max(peak[0], int(line.split()[1]) / 1024)
-        except OSError:
-            return
-        stop.wait(0.05)
-
-
 def prep_in_fresh_process(data: Path, tokenizer: str, out: Path, quiet: bool = True) -> tuple[float, float, float]:
     """(seconds, peak RSS MB, peak anonymous RSS MB) of `tunesmith prep` on `data`, in its own process."""
     cfg = out.parent / f"{out.name}.yaml"
     cfg.write_text(json.dumps({"base_model": tokenizer, "output_dir": str(out),
                                "data": {"train": {"data_files": str(data)}, "max_length": 512}}))
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "prep", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
-    stop, peak = threading.Event(), [0.0]
-    sampler = threading.Thread(target=peak_anonymous_mb, args=(proc.pid, stop, peak))
-    sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    if os.waitstatus_to_exitcode(status) != 0:
+    status, anonymous, rss = run_measuring_memory([sys.executable, "-m", "tunesmith.cli", "prep", str(cfg)],
+                                                  stdout=subprocess.DEVNULL,
+                                                  stderr=subprocess.DEVNULL if quiet else None)
+    if status != 0:
         raise SystemExit(f"tunesmith prep failed on {data} (run it by hand to see why)")
-    return seconds, usage.ru_maxrss / 1024, peak[0]
+    return time.perf_counter() - start, rss, anonymous
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def prep_peak_mb(tmp_path: Path, tok_dir: Path, n: int) -> float:
     source = {"data_files": "rows.jsonl", "kwargs": {"chunksize": 1 << 20}}
     cfg = write_config(folder / "cfg.yaml", {"base_model": str(tok_dir), "output_dir": "out",
                                              "data": {"train": source, "max_length": 64}})
-    status, peak = run_measuring_memory([sys.executable, "-m", "tunesmith.cli", "prep", str(cfg)], cwd=folder)
+    status, peak, _ = run_measuring_memory([sys.executable, "-m", "tunesmith.cli", "prep", str(cfg)], cwd=folder)
     assert status == 0
     report = json.loads((folder / "out" / "data" / "prep_report.json").read_text())
     assert report["splits"]["train"]["rows_read"] == n
