@@ -125,6 +125,17 @@ def test_batched_generation_equals_one_row_at_a_time(toy_run, stop_strings):
     batches = length_sorted_batches([len(p) for p in prompts], 5)
     assert sorted(i for b in batches for i in b) == list(range(len(prompts)))
     assert all(len(prompts[i]) >= len(prompts[j]) for a, b in zip(batches, batches[1:]) for i in a for j in b)
+    # a batch where one row stopped early and another ran on: per-row stopping really was exercised
+    assert any(len({len(got[i]) < 4 for i in b}) == 2 for b in batches)
+
+
+def test_length_batches_cap_padding_and_size():
+    lengths = [400, 46, 300, 50, 45, 40, 30, 120, 44, 46]
+    batches = length_sorted_batches(lengths, batch_size=4)
+    assert batches == [[0, 2], [7], [3, 1, 9, 4], [8, 5, 6]]  # 120 alone: with 50 it would pad 70
+    for b in batches:  # padding to the batch's longest prompt stays under a quarter of its real tokens
+        assert max(lengths[i] for i in b) * len(b) <= 1.25 * sum(lengths[i] for i in b)
+    assert length_sorted_batches([5] * 40, 16) == [list(range(0, 16)), list(range(16, 32)), list(range(32, 40))]
 
 
 def test_generate_command_reads_json_and_plain_prompts(toy_run, capsys, tmp_path):

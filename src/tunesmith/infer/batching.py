@@ -1,7 +1,8 @@
 """Many prompts -> greedy answers, batched by length.
 
 Prompts are sorted by length (longest first, so a batch that does not fit in memory fails at
-once) and cut into batches of similar lengths, so left padding adds little work. Each batch runs
+once) and cut into batches of similar lengths whose left padding stays under a quarter of their
+real tokens. Each batch runs
 `model.generate` with the KV cache on; a row stops at EOS or at a stop string while the others
 go on. Answers come back in the prompts' order, each cut at its EOS. A progress bar shows rows,
 rows/s and the time left.
@@ -17,10 +18,28 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of similar length, longest first (ties keep input order)."""
+MAX_PADDING = 0.25  # padded prompt tokens a batch may add, as a share of its real ones
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Row indices in batches of similar length, longest first (ties keep input order). A batch
+    ends at `batch_size` rows, or earlier when the next row would make its padding more than
+    `max_padding` of its real tokens: on a CPU the prompt's forward pass is most of the work,
+    and a padded token costs as much as a real one (16 dolly rows in batches of 8 regardless
+    of length: 3x slower than one row at a time)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    real = 0
+    for i in order:
+        current = batches[-1] if batches else []
+        width = lengths[current[0]] if current else 0
+        if not current or len(current) == batch_size or width * (len(current) + 1) > (1 + max_padding) * (real + lengths[i]):
+            batches.append([i])
+            real = lengths[i]
+        else:
+            current.append(i)
+            real += lengths[i]
+    return batches
 
 
 def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
