@@ -67,3 +67,33 @@ def make_tiny_llama(tok_dir: Path, out_dir: Path, hidden: int = 64, layers: int 
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def run_measuring_memory(cmd: list[str], **popen) -> tuple[int, float, float]:
+    """(exit status, peak anonymous resident MB, peak RSS MB) of a command. The anonymous part
+    (its heap) is sampled from /proc every 20 ms: RSS also counts the pages of memory-mapped
+    files, which the kernel can drop at any time (Linux only)."""
+    import os
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen(cmd, **popen)
+    peak, done = [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            except OSError:
+                return
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    return proc.returncode, peak[0], usage.ru_maxrss / 1024

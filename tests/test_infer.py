@@ -11,6 +11,7 @@ from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.data.prompts import BUILTIN_FORMATS
 from tunesmith.infer.evaluate import choice_scores
+from tunesmith.infer.batching import generate_ids, length_sorted_batches
 from tunesmith.infer.generate import PromptEncoder, cut_at_stop, read_prompts
 from tunesmith.infer.metrics import exact_match, normalize_answer, rouge_l
 
@@ -94,6 +95,49 @@ def test_generation_prompt_is_the_training_prompt(tmp_path, bos_tok_dir, fmt):
         assert answer is None
 
 
+def one_row_at_a_time(model, tok, prompts, max_new_tokens, stop_strings):
+    """The reference: a plain `model.generate` per row, no padding anywhere."""
+    stop = {"stop_strings": stop_strings, "tokenizer": tok} if stop_strings else {}
+    return [model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                           max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                           eos_token_id=tok.eos_token_id, **stop)[0, len(p):].tolist() for p in prompts]
+
+
+@pytest.mark.parametrize("stop_strings", [[], ["e"]], ids=["eos", "eos_and_stop_string"])
+def test_batched_generation_equals_one_row_at_a_time(toy_run, stop_strings):
+    tmp, cfg = toy_run
+    tok = AutoTokenizer.from_pretrained(tmp / "out" / "final")
+    model = AutoModelForCausalLM.from_pretrained(tmp / "out" / "final", dtype=torch.float32).eval()
+    encoder = PromptEncoder(load_config(cfg), tok)
+    # Trained questions stop early at EOS; unseen ones of other lengths run on to the limit.
+    questions = [f"Q: {q}\nA: " for q, _ in PAIRS] + [
+        "Q: why?\nA: ", "Q: what is the weather like today in a city far away from here?\nA: ",
+        "Q: name a planet\nA: ", "Q: how many legs does a fox have, and why?\nA: "]
+    prompts = [encoder.encode({"query": q, "choices": ["x"], "gold": 0}, i)[0] for i, q in enumerate(questions)]
+    want = one_row_at_a_time(model, tok, prompts, 4, stop_strings)
+    got = generate_ids(model, tok, prompts, stop_strings, max_new_tokens=4, batch_size=5, show_progress=False)
+    assert got == want
+    eos = tok.eos_token_id
+    assert any(len(a) < 4 and a[-1] == eos for a in got)  # rows that stopped early at EOS
+    assert any(len(a) == 4 and eos not in a for a in got)  # and rows that ran to the limit, in the same batches
+    if stop_strings:
+        assert any(len(a) < 4 and a[-1] != eos for a in got)  # stopped by the string
+    batches = length_sorted_batches([len(p) for p in prompts], 5)
+    assert sorted(i for b in batches for i in b) == list(range(len(prompts)))
+    assert all(len(prompts[i]) >= len(prompts[j]) for a, b in zip(batches, batches[1:]) for i in a for j in b)
+    # a batch where one row stopped early and another ran on: per-row stopping really was exercised
+    assert any(len({len(got[i]) < 4 for i in b}) == 2 for b in batches)
+
+
+def test_length_batches_cap_padding_and_size():
+    lengths = [400, 46, 300, 50, 45, 40, 30, 120, 44, 46]
+    batches = length_sorted_batches(lengths, batch_size=4)
+    assert batches == [[0, 2], [7], [3, 1, 9, 4], [8, 5, 6]]  # 120 alone: with 50 it would pad 70
+    for b in batches:  # padding to the batch's longest prompt stays under a quarter of its real tokens
+        assert max(lengths[i] for i in b) * len(b) <= 1.25 * sum(lengths[i] for i in b)
+    assert length_sorted_batches([5] * 40, 16) == [list(range(0, 16)), list(range(16, 32)), list(range(32, 40))]
+
+
 def test_generate_command_reads_json_and_plain_prompts(toy_run, capsys, tmp_path):
     tmp, cfg = toy_run
     prompts = tmp_path / "prompts.txt"
@@ -162,3 +206,4 @@ def test_multi_turn_generation_prompt_is_the_training_prompt(tmp_path, bos_tok_d
     encoder = PromptEncoder(load_config(cfg_path), AutoTokenizer.from_pretrained(bos_tok_dir))
     ids, answer = encoder.encode({"messages": messages})
     assert ids == row["input_ids"][:last_answer_start] and answer == "Tuna"
+

@@ -34,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", help="name for this model in the table and eval/ folder")
     ev.add_argument("--max-rows", type=int, help="evaluate at most this many held-out rows")
     ev.add_argument("--max-new-tokens", type=int, default=48)
+    ev.add_argument("--batch-size", type=int, default=16, help="prompts generated together (batched by length)")
     gen = with_config("generate", "answer prompts (JSON rows or plain lines, from a file or stdin)")
     gen.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
     gen.add_argument("--prompts", default="-", help="file of prompts, one per line; - for stdin")
     gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--batch-size", type=int, default=16, help="prompts generated together (batched by length)")
     ch = with_config("chat", "talk to a model in the terminal (same template as training)")
     ch.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
     ch.add_argument("--max-new-tokens", type=int, default=256)
@@ -128,11 +130,11 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "eval":
         from tunesmith.infer.evaluate import evaluate
 
-        evaluate(cfg, args.model, args.label, args.max_rows, args.max_new_tokens)
+        evaluate(cfg, args.model, args.label, args.max_rows, args.max_new_tokens, batch_size=args.batch_size)
     elif args.command == "generate":
         from tunesmith.infer.generate import run_generate
 
-        run_generate(cfg, args.model, args.prompts, args.max_new_tokens)
+        run_generate(cfg, args.model, args.prompts, args.max_new_tokens, args.batch_size)
     elif args.command == "chat":
         from tunesmith.infer.chat import chat
 

@@ -24,7 +24,7 @@ from tunesmith.train.collate import PadCollator
 
 
 def evaluate(cfg: Config, model_path: str | None = None, label: str | None = None, max_rows: int | None = None,
-             max_new_tokens: int = 48, console: Console | None = None) -> dict:
+             max_new_tokens: int = 48, console: Console | None = None, batch_size: int = 16) -> dict:
     console = console or Console(stderr=True)
     start = time.perf_counter()
     label = label or ("base" if model_path is None else Path(model_path).name)
@@ -40,7 +40,8 @@ def evaluate(cfg: Config, model_path: str | None = None, label: str | None = Non
     rows = held_out_rows(cfg, max_rows)
     predictions = []
     if rows:
-        answers = generate(model, tokenizer, encoder, rows, max_new_tokens=max_new_tokens)
+        answers = generate(model, tokenizer, encoder, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           show_progress=True)
         for i, (row, answer) in enumerate(zip(rows, answers)):
             reference = encoder.reference(row, row.get(ROW, i)) or ""
             predictions.append({"row": row.get(ROW, i), "reference": reference, "prediction": answer,

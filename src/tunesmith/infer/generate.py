@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from tunesmith.config.schema import Config
 from tunesmith.data.chat_template import render_with_template
 from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
 from tunesmith.data.prompts import CHAT_TEMPLATE, example_to_turns, render_turns, select_trained
 from tunesmith.data.rows import render_setup
 from tunesmith.data.tokenize import encode_batch
+from tunesmith.infer.batching import generate_ids
 
 PLACEHOLDER = "\x00answer\x00"  # stands in for the answer; only the text before it is used
 PLAIN = "_plain_text"  # marks a prompt read as plain text (no preprocessing function)
@@ -71,33 +70,16 @@ def answer_of(example: dict) -> str | None:
     return None if answer == PLACEHOLDER else answer
 
 
-@torch.no_grad()
 def generate(model, tokenizer, encoder: PromptEncoder, rows: list[dict], max_new_tokens: int = 64,
-             batch_size: int = 8, **gen_kwargs) -> list[str]:
-    """Greedy by default; returns the generated answers with stop strings removed."""
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    outputs: list[str] = []
-    for start in range(0, len(rows), batch_size):
-        prompts = [encoder.encode(r, start + i)[0] for i, r in enumerate(rows[start:start + batch_size])]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention[i, width - len(p):] = 1
-        stop = encoder.stop_strings
-        generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                   eos_token_id=tokenizer.eos_token_id,
-                                   **({"stop_strings": stop, "tokenizer": tokenizer} if stop else {}), **gen_kwargs)
-        for row in generated[:, width:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[:row.index(tokenizer.eos_token_id)]
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            outputs.append(cut_at_stop(text, stop))
-    return outputs
+             batch_size: int = 16, show_progress: bool = False, **gen_kwargs) -> list[str]:
+    """Greedy by default, batched by prompt length; the answers in the rows' order, stop strings removed."""
+    prompts = [encoder.encode(r, i)[0] for i, r in enumerate(rows)]
+    return decode_answers(tokenizer, generate_ids(model, tokenizer, prompts, encoder.stop_strings, max_new_tokens,
+                                                  batch_size, show_progress, **gen_kwargs), encoder.stop_strings)
+
+
+def decode_answers(tokenizer, answers: list[list[int]], stop_strings: list[str]) -> list[str]:
+    return [cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop_strings) for ids in answers]
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -129,8 +111,10 @@ def read_prompts(source: str) -> list[dict]:
     return rows
 
 
-def run_generate(cfg: Config, model_path: str | None, prompts: str, max_new_tokens: int) -> list[str]:
-    """JSON rows go through the data step's preprocessing; plain lines are already prompts."""
+def run_generate(cfg: Config, model_path: str | None, prompts: str, max_new_tokens: int,
+                 batch_size: int = 16) -> list[str]:
+    """JSON rows go through the data step's preprocessing; plain lines are already prompts. All
+    prompts are generated together, batched by length; answers are printed in the input's order."""
     import copy
     import json
 
@@ -142,13 +126,16 @@ def run_generate(cfg: Config, model_path: str | None, prompts: str, max_new_toke
     plain_encoder = copy.copy(encoder)
     plain_encoder.preprocess = None
     chat = cfg.data.prompt_format == CHAT_TEMPLATE or cfg.data.format == "chat"
-    answers = []
-    for row in rows:
+    ids = []
+    for i, row in enumerate(rows):
         if row.pop(PLAIN, False):
             row = {"messages": [{"role": "user", "content": row["prompt"]}]} if chat else row
-            answers += generate(model, tokenizer, plain_encoder, [row], max_new_tokens=max_new_tokens)
+            ids.append(plain_encoder.encode(row, i)[0])
         else:
-            answers += generate(model, tokenizer, encoder, [row], max_new_tokens=max_new_tokens)
+            ids.append(encoder.encode(row, i)[0])
+    stop = encoder.stop_strings
+    answers = decode_answers(tokenizer, generate_ids(model, tokenizer, ids, stop, max_new_tokens, batch_size,
+                                                     show_progress=len(ids) > 1), stop)
     for answer in answers:
         print(json.dumps({"answer": answer}))
     return answers

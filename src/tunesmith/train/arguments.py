@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 from pathlib import Path
 
 import torch
@@ -88,6 +89,19 @@ def default_bf16() -> bool:
     return cpu_supports_bf16()
 
 
+def _drop_offload_without_accelerator(training: dict, cuda: bool | None = None) -> None:
+    """`offload: true` in the checkpointing kwargs moves saved activations from the GPU to pinned
+    host memory; without a GPU they are in host memory already, and pinning fails deep inside
+    the first backward. Dropped here, said once."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    for key in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
+        kwargs = training.get(key)
+        if not cuda and isinstance(kwargs, dict) and kwargs.get("offload"):
+            training[key] = {k: v for k, v in kwargs.items() if k != "offload"}
+            print(f"tunesmith: training.{key}.offload ignored: no GPU, activations are already in host memory",
+                  file=sys.stderr)
+
+
 def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
     check_training_keys(cfg.training)
     # YAML reads a bare `no` as false: `eval_strategy: no` must still mean "no".
@@ -108,6 +122,7 @@ def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
         defaults.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
         defaults["save_steps"] = user.get("eval_steps", defaults["eval_steps"])  # saves must line up with evals
     merged = {**defaults, **user, "output_dir": str(Path(cfg.resolved_output_dir()) / "checkpoints")}
+    _drop_offload_without_accelerator(merged)
     try:
         return TrainingArguments(**merged)
     except (ValueError, TypeError) as e:

@@ -1,0 +1,86 @@
+"""Activation (gradient) checkpointing together with every tunesmith speed-up: the trained-positions
+loss in the forward, the shared norm casts, the MLP that recomputes silu, attention per example
+on padding-free rows. Recomputing a block must give the loss and gradients of keeping it."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from test_train import first_update
+from tunesmith.config.schema import Config
+from tunesmith.train.attention import use_varlen_sdpa
+from tunesmith.train.autocast import share_norm_casts
+from tunesmith.train.collate import PadCollator
+from tunesmith.train.loss import use_trained_positions_loss
+from tunesmith.train.model import add_lora
+from tunesmith.train.swiglu import use_memory_saving_swiglu
+
+IGNORE = -100
+
+
+def rows_of_different_lengths() -> list[dict]:
+    torch.manual_seed(1)
+    rows = []
+    for n in (7, 12, 5, 16):
+        ids = torch.randint(5, 300, (n,)).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE] * (n // 2) + ids[n // 2:]})
+    return rows
+
+
+def with_speedups(tiny_llama, method: str):
+    """The model as train/run.py sets it up: every speed-up installed."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    if method == "lora":
+        cfg = Config.model_validate({"base_model": str(tiny_llama), "data": {"train": {"data_files": "x.jsonl"}}})
+        model = add_lora(model, cfg)
+    assert use_trained_positions_loss(model)
+    assert share_norm_casts(model) and use_memory_saving_swiglu(model)
+    use_varlen_sdpa(model)
+    return model.train()
+
+
+def loss_and_grads(model, batch, autocast: bool):
+    model.zero_grad()
+    torch.manual_seed(0)  # the same LoRA dropout masks (checkpointing replays the RNG state)
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
+@pytest.mark.parametrize("kwargs", [None, {"use_reentrant": True}, pytest.param({"offload": True}, marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="offload moves activations off a GPU"))], ids=["default", "reentrant", "offload"])
+def test_checkpointing_gives_the_same_loss_and_gradients(tiny_llama, method, autocast, kwargs):
+    batch = PadCollator(pad_id=0, padding_free=True, segment_kwargs=True)(rows_of_different_lengths())
+    assert "cu_seq_lens_q" in batch  # attention per example is what runs
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    model = with_speedups(tiny_llama, method).to(device)
+    want_loss, want = loss_and_grads(model, batch, autocast)
+    # As the Trainer does for `training.gradient_checkpointing: true` (and its kwargs).
+    kwargs = dict(kwargs or {})
+    offload = kwargs.pop("offload", False)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None, offload=offload)
+    if method == "lora" and kwargs.get("use_reentrant"):
+        model.enable_input_require_grads()  # the Trainer's reentrant path for frozen embeddings
+    got_loss, got = loss_and_grads(model, batch, autocast)
+    assert torch.equal(got_loss, want_loss)
+    assert want.keys() == got.keys() and len(got) > 0
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    assert any(g.abs().sum() > 0 for g in got.values())
+
+
+def test_training_with_checkpointing_takes_the_same_step(tmp_path, tiny_llama):
+    """End to end through the CLI and the Trainer (padding-free, attention per example)."""
+    plain = first_update(tmp_path / "a", tiny_llama)
+    checkpointed = first_update(tmp_path / "b", tiny_llama, gradient_checkpointing=True)
+    # offload (activations to host memory) has nothing to do on a CPU: dropped with a note, not a crash
+    offloaded = first_update(tmp_path / "c", tiny_llama, gradient_checkpointing=True,
+                             gradient_checkpointing_kwargs={"offload": True})
+    start = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    assert max((plain[k] - start[k]).abs().max().item() for k in start) > 1e-3
+    for other in (checkpointed, offloaded):
+        assert max((plain[k] - other[k]).abs().max().item() for k in plain) < 1e-6
