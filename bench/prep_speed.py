@@ -28,7 +28,7 @@ from tunesmith.config.load import validate
 from tunesmith.data.prepare import prepare
 from tunesmith.data.tokenize import load_tokenizer
 
-DOLLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "dolly_hhrlhf" / "train.jsonl"
+DOLLY = Path(__file__).resolve().parent / "data" / "dolly_hhrlhf" / "train.jsonl"  # shipped copy, see its PROVENANCE.md
 
 
 def make_data(rows: int, folder: Path) -> Path:

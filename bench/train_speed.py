@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DOLLY = Path(__file__).resolve().parents[2] / "shared" / "data" / "dolly_hhrlhf" / "train.jsonl"
+DOLLY = Path(__file__).resolve().parent / "data" / "dolly_hhrlhf" / "train.jsonl"  # shipped copy, see its PROVENANCE.md
 CONFIGS = ["tunesmith default", "tunesmith packed", "trl default", "trl packed"]
 LR = 1e-4
 
