@@ -26,11 +26,8 @@ def save_final(trainer, tokenizer, out: Path, cfg: Config) -> Path:
     trainer.save_model(str(tmp))
     if is_main_process():
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of every training setting, tokens included
-        tokenizer.save_pretrained(tmp)
-        generation_config(trainer.model, tokenizer).save_pretrained(tmp)
-        if cfg.model.method in ("lora", "qlora"):
-            (tmp / "tunesmith_base_model.txt").write_text(cfg.base_model + "\n")
-        replace_folder(tmp, target)
+        extra = {"tunesmith_base_model.txt": cfg.base_model + "\n"} if cfg.model.method in ("lora", "qlora") else {}
+        complete_folder(tmp, target, trainer.model, tokenizer, extra)
     barrier()
     return target
 
@@ -63,14 +60,16 @@ def save_folder(model, tokenizer, target: Path, extra: dict[str, str] | None = N
     tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    return complete_folder(tmp, target, model, tokenizer, extra)
+
+
+def complete_folder(tmp: Path, target: Path, model, tokenizer, extra: dict[str, str] | None = None) -> Path:
+    """Add the tokenizer, generation config and extra files to the weights in `tmp`, then put it in
+    place of `target`."""
     tokenizer.save_pretrained(tmp)
     generation_config(model, tokenizer).save_pretrained(tmp)
     for name, text in (extra or {}).items():
         (tmp / name).write_text(text)
-    return replace_folder(tmp, target)
-
-
-def replace_folder(tmp: Path, target: Path) -> Path:
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

@@ -23,6 +23,8 @@ import torch
 from transformers import TrainerCallback
 
 from tunesmith.errors import ModelError, OutputError, TunesmithError
+from tunesmith.train.checkpoints import MARKER, latest_complete_checkpoint
+from tunesmith.train.distributed import sum_over_processes
 from tunesmith.translate_errors import write_oserror
 
 
@@ -106,7 +108,7 @@ class FaultGuard(TrainerCallback):
             step = state.global_step + 1
             model.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
             if not self.skip_nonfinite:
-                last = last_complete_checkpoint(Path(args.output_dir))
+                last = latest_complete_checkpoint(Path(args.output_dir))
                 raise NonFiniteLoss(f"step {step}: the loss or the gradients are not finite (NaN or inf); "
                                     f"last good checkpoint: {last or 'none yet'}",
                                     "lower training.learning_rate, keep training.max_grad_norm, use bf16 rather than "
@@ -116,17 +118,8 @@ class FaultGuard(TrainerCallback):
 
 def _any_rank(flag: bool) -> bool:
     """True when `flag` is true on any process (one process's signal or NaN stops them all)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    t = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    from tunesmith.train.checkpoints import latest_complete_checkpoint
-
-    return latest_complete_checkpoint(folder) if folder.is_dir() else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return sum_over_processes([float(flag)], device)[0] > 0
 
 
 # -- errors raised out of trainer.train or a save -----------------------------------------------
@@ -186,7 +179,6 @@ def write_error(e: OSError, out: Path) -> OutputError:
 def remove_partial_outputs(out: Path) -> list[str]:
     """Checkpoint folders without tunesmith's completion marker (written last, once every process
     finished its part), and the temporary folders of final/ and merged/."""
-    from tunesmith.train.checkpoints import MARKER
 
     removed = []
     for tmp in (out / ".final.tmp", out / ".merged.tmp"):
