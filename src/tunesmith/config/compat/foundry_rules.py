@@ -184,7 +184,7 @@ def schedule(cfg: dict, lr: float, max_duration: Duration, global_batch: int) ->
         out["lr_scheduler_type"] = "constant_with_warmup"
         if alpha != 1.0:
             out["learning_rate"] = lr * alpha
-        notes.append(f"scheduler constant_with_warmup -> constant_with_warmup"
+        notes.append("scheduler constant_with_warmup -> constant_with_warmup"
                      + (f" at lr {lr:g} x alpha {alpha:g} = {lr * alpha:g}" if alpha != 1.0 else ""))
     if cfg.get("scale_warmup"):
         notes.append("scheduler.scale_warmup ignored: it only matters with a scale schedule ratio, which tunesmith does not use")
