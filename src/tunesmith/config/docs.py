@@ -12,6 +12,7 @@ import json
 import re
 import types
 import typing
+from enum import Enum
 from typing import Any, Literal, Union
 
 import annotated_types
@@ -73,6 +74,8 @@ def type_text(annotation: Any, sections: dict[str, str]) -> str:
         return "`null`"
     if annotation is Any:
         return "any"
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "one of " + ", ".join(f"`{m.value}`" for m in annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         path = sections.get(annotation.__qualname__)
         return f"[mapping](#{slug(path)})" if path else "mapping"
@@ -121,10 +124,16 @@ def default_text(field: FieldInfo, sections: dict[str, str]) -> str:
         return "not set"
     if isinstance(value, BaseModel):
         return "see below"
-    try:
-        return f"`{json.dumps(value)}`" if isinstance(value, str) else f"`{json.dumps(value, default=str)}`"
-    except (TypeError, ValueError):
-        return f"`{value!r}`"
+    return f"`{json.dumps(value, default=_plain)}`"
+
+
+def _plain(value: Any) -> Any:
+    """A default's JSON form: models as their fields, enums as their values."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Enum):
+        return value.value
+    return str(value)
 
 
 def _documented(model: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
