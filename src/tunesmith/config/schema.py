@@ -139,8 +139,9 @@ class DataConfig(Strict):
         None, gt=0, lt=1, description="hold out this share of train (rounded up) as the eval split, shuffled with `seed`")
     seed: int = Field(42, description="seed for validation_split and for training (TrainingArguments.seed unless set)")
     format: Literal["auto", "input", "prompt_response", "chat"] = Field(
-        "auto", description="row format; auto detects it from each row's columns: messages -> chat, input + response -> "
-                            "input, prompt + response (or completion) -> prompt_response")
+        "auto", description="row format; auto detects it from the source's columns (from each row's, after a "
+                            "preprocessing_fn): messages -> chat, input + response -> input, prompt + response (or "
+                            "completion) -> prompt_response")
     columns: dict[str, str] = Field(default_factory=dict, description="canonical name -> your column name")
     preprocessing_fn: str | None = Field(None, description="module:function or path/to/file.py:function")
     prompt: PromptConfig = Field(default_factory=PromptConfig, description="how a row becomes text: system message, few-shot examples, templates")
