@@ -119,7 +119,10 @@ def constraints_text(field: FieldInfo) -> str:
 def default_text(field: FieldInfo, sections: dict[str, str]) -> str:
     if field.is_required():
         return "**required**"
-    value = field.default_factory() if field.default_factory is not None else field.default
+    try:
+        value = field.get_default(call_default_factory=True, validated_data={})
+    except (TypeError, KeyError, ValueError):  # a factory that reads other fields' values: its default depends on them
+        return "depends on other keys"
     if value is PydanticUndefined or value is None:
         return "not set"
     if isinstance(value, BaseModel):
