@@ -68,7 +68,7 @@ def _models_in(annotation: Any, path: str) -> list[tuple[str, type[BaseModel]]]:
     return []
 
 
-def type_text(annotation: Any, sections: dict[str, str]) -> str:
+def type_text(annotation: Any, sections: dict[type, str]) -> str:
     """A reader's name for a type: `str`, one of `a`, `b`, list of ..., a link to a model's section."""
     if annotation is type(None):
         return "`null`"
@@ -77,7 +77,7 @@ def type_text(annotation: Any, sections: dict[str, str]) -> str:
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return "one of " + ", ".join(f"`{m.value}`" for m in annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        path = sections.get(annotation.__qualname__)
+        path = sections.get(annotation)
         return f"[mapping](#{slug(path)})" if path else "mapping"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
@@ -97,7 +97,7 @@ def type_text(annotation: Any, sections: dict[str, str]) -> str:
     return f"`{annotation}`"
 
 
-def _inner(annotation: Any, sections: dict[str, str]) -> str:
+def _inner(annotation: Any, sections: dict[type, str]) -> str:
     # A union inside a list or mapping is bracketed, so "or" binds where it should.
     text = type_text(annotation, sections)
     return f"({text})" if " or " in text else text
@@ -116,7 +116,7 @@ def constraints_text(field: FieldInfo) -> str:
     return ", ".join(parts)
 
 
-def default_text(field: FieldInfo, sections: dict[str, str]) -> str:
+def default_text(field: FieldInfo) -> str:
     if field.is_required():
         return "**required**"
     try:
@@ -169,7 +169,7 @@ def render(root: type[BaseModel] | None = None) -> str:
 
         root = Config
     order = collect(root)
-    sections = {model.__qualname__: path or "Top level" for path, model in order}
+    sections = {model: path or "Top level" for path, model in order}
     out = [HEADER]
     for path, model in order:
         title = path or "Top level"
@@ -186,7 +186,7 @@ def render(root: type[BaseModel] | None = None) -> str:
             kind = type_text(field.annotation, sections)
             limits = constraints_text(field)
             out.append("| " + " | ".join(_cell(c) for c in (
-                f"`{key}`", kind + (f" ({limits})" if limits else ""), default_text(field, sections),
+                f"`{key}`", kind + (f" ({limits})" if limits else ""), default_text(field),
                 field.description or "")) + " |")
         out.append("")
     return "\n".join(out)
