@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/prep_speed.py
+
+# docs/config.md is generated from the schema's field descriptions (tests/test_config_docs.py checks it).
+docs: setup
+	$(PY) -m tunesmith.config.docs > docs/config.md.tmp && mv docs/config.md.tmp docs/config.md
 
 clean:
 	rm -rf $(VENV) outputs

@@ -19,10 +19,12 @@ class SourceConfig(Strict):
     """Where rows come from: exactly one of `path`, `from_disk`, `function`."""
 
     path: str | None = Field(None, description="load_dataset path: a builder (json, csv, parquet, text), a Hub name or a local folder")
-    data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    data_dir: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="load_dataset's data_files: files or glob patterns; without `path`, the builder follows from the "
+                          "extension (.json/.jsonl, .csv/.tsv, .parquet, .txt, .arrow)")
+    data_dir: str | None = Field(None, description="load_dataset's data_dir: a folder of data files")
     name: str | None = Field(None, description="the dataset's config name (load_dataset's `name`)")
-    split: str = "train"
+    split: str = Field("train", description="the split to read; may slice (`train[:80]`); with from_disk, picks from a DatasetDict")
     from_disk: str | None = Field(None, description="a folder written by Dataset.save_to_disk (or DatasetDict)")
     function: str | None = Field(None, description="module:function or file.py:function returning a Dataset")
     storage_options: dict[str, Any] | None = Field(None, description="fsspec options for remote URLs (s3://, gs://, ...)")
@@ -65,19 +67,22 @@ def template_fields(template: str) -> set[str]:
 
 
 class FewShotExample(Strict):
-    input: str
-    context: str | list[str] | None = None
-    response: str
+    """One few-shot example, rendered before every row in the row's format and never trained."""
+
+    input: str = Field(description="the example's input, through input_template")
+    context: str | list[str] | None = Field(None, description="its context(s), through context_template")
+    response: str = Field(description="its answer, through response_template (masked like the rest of the prompt)")
 
 
 class PromptConfig(Strict):
     """How one example becomes text: system message, few-shot examples, templates."""
 
-    system_message: str | None = None
-    examples: list[FewShotExample] = Field(default_factory=list)
-    input_template: str = "{text}"
-    context_template: str = "{text}"
-    response_template: str = Field("{text}", description="text before {text} is the cue that precedes the answer (masked)")
+    system_message: str | None = Field(None, description="a system message before every row (chat rows that bring their own keep theirs)")
+    examples: list[FewShotExample] = Field(default_factory=list, description="few-shot examples before every row: always masked")
+    input_template: str = Field("{text}", description="wraps the row's input or prompt; must contain {text} and no other field")
+    context_template: str = Field("{text}", description="wraps each context; {text}, and {index} (1-based)")
+    response_template: str = Field("{text}", description="text before {text} is a cue that precedes the answer (masked), text after it "
+                                                         "ends the answer (trained)")
     context_pair_template: str | None = Field(
         None, description="read contexts as (question, answer) pairs rendered with this template ({question}, {answer}), "
                           "joined by newlines into one context (the two-step workflow's StandaloneQuestion)")
@@ -109,40 +114,52 @@ class PromptConfig(Strict):
 class PromptFormatConfig(Strict):
     """A model's role markers. `{bos}` and `{eos}` stand for the tokenizer's own tokens."""
 
-    name: str = "custom"
-    system_prefix: str = ""
-    system_suffix: str = "\n\n"
+    name: str = Field("custom", description="the format's name, shown in the model card")
+    system_prefix: str = Field("", description="before the system message")
+    system_suffix: str = Field("\n\n", description="after the system message")
     system_in_first_input: bool = Field(False, description="put the system block inside the first user turn (Llama-2)")
-    context_prefix: str = ""
-    context_suffix: str = "\n"
-    context_position: Literal["before_input", "after_input"] = "before_input"
-    input_prefix: str = ""
-    input_suffix: str = ""
+    context_prefix: str = Field("", description="before each context")
+    context_suffix: str = Field("\n", description="after each context")
+    context_position: Literal["before_input", "after_input"] = Field(
+        "before_input", description="where the contexts go in the user turn, relative to the input")
+    input_prefix: str = Field("", description="before the user turn (the role marker)")
+    input_suffix: str = Field("", description="after the user turn")
     response_prefix: str = Field("", description="masked: the cue before the answer")
     response_suffix: str = Field("", description="trained: what ends an answer")
-    turn_separator: str = ""
+    turn_separator: str = Field("", description="between an answer and the next user turn (few-shot examples, multi-turn chats)")
     stop: list[str] = Field(default_factory=list, description="stop strings for generation")
 
 
 class DataConfig(Strict):
+    """The data part, for `tunesmith prep`: where rows come from, how they become tokens, where they are written."""
+
     train: SourceConfig | None = Field(None, description="required by `tunesmith prep`")
-    eval: SourceConfig | None = None
-    validation_split: float | None = Field(None, gt=0, lt=1)
-    seed: int = 42
-    format: Literal["auto", "input", "prompt_response", "chat"] = "auto"
+    eval: SourceConfig | None = Field(None, description="a second source to evaluate on (or validation_split, not both)")
+    validation_split: float | None = Field(
+        None, gt=0, lt=1, description="hold out this share of train (rounded up) as the eval split, shuffled with `seed`")
+    seed: int = Field(42, description="seed for validation_split and for training (TrainingArguments.seed unless set)")
+    format: Literal["auto", "input", "prompt_response", "chat"] = Field(
+        "auto", description="row format; auto detects it from the source's columns (from each row's, after a "
+                            "preprocessing_fn): messages -> chat, input + response -> input, prompt + response (or "
+                            "completion) -> prompt_response")
     columns: dict[str, str] = Field(default_factory=dict, description="canonical name -> your column name")
     preprocessing_fn: str | None = Field(None, description="module:function or path/to/file.py:function")
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
-    prompt_format: str | PromptFormatConfig = "plain"
-    train_on_prompt: bool = False
-    assistant_turns: Literal["all", "last"] = "all"
-    max_length: int = Field(2048, gt=1)
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="how a row becomes text: system message, few-shot examples, templates")
+    prompt_format: str | PromptFormatConfig = Field(
+        "plain", description="the role markers: a built-in name (plain, user_assistant, alpaca, dolly, vicuna, llama2, chatml, "
+                             "two_step, redpajama, together_llama2), chat_template (the tokenizer's own), or your own markers")
+    train_on_prompt: bool = Field(False, description="true: train on every token, the prompt included")
+    assistant_turns: Literal["all", "last"] = Field("all", description="chat rows: train every assistant turn, or only the last")
+    max_length: int = Field(2048, gt=1, description="the longest example in tokens, BOS and EOS included")
     packing: bool = Field(False, description="pack several examples per row (best-fit-decreasing); examples never attend to each other")
     batching: Literal["auto", "padded", "padding_free"] = Field(
         "auto", description="padding_free: each batch becomes one row with position_ids, attention per example; "
                             "auto: padding_free where the model's attention takes example boundaries, else padded")
-    overlength: Literal["drop", "truncate", "error"] = "drop"
-    bad_rows: Literal["error", "skip"] = "error"
+    overlength: Literal["drop", "truncate", "error"] = Field(
+        "drop", description="an example over max_length: drop it, truncate it (the prompt from the left after BOS, then the "
+                            "answer's end), or stop with an error; drops and cuts are counted in prep_report.json")
+    bad_rows: Literal["error", "skip"] = Field(
+        "error", description="a malformed row: stop naming it, or skip it (counted, with row indices, in prep_report.json)")
     num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default for 20k+ rows: one per two cores (the tokenizer threads each batch)")
     output: str | None = Field(None, description="default: <output_dir>/data")
     output_layout: Literal["splits", "dataset"] = Field(
@@ -150,7 +167,7 @@ class DataConfig(Strict):
                               "two-step workflow's dataprep writes it")
     writer: Literal["save_to_disk", "to_json", "to_parquet", "to_csv"] = Field(
         "save_to_disk", description="how `output` is written; to_json/to_parquet/to_csv write one file (dataset layout)")
-    export: list[Literal["jsonl", "parquet"]] = Field(default_factory=list)
+    export: list[Literal["jsonl", "parquet"]] = Field(default_factory=list, description="also write each split as <split>.jsonl / <split>.parquet in the output folder")
 
     @field_validator("columns")
     @classmethod
@@ -175,15 +192,16 @@ class DataConfig(Strict):
 class Config(Strict):
     """A whole run: the data part (`tunesmith prep`) and the training part (`tunesmith train`)."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="the run's name: outputs go to outputs/<name> unless output_dir is set")
     base_model: str = Field(description="Hub id, local folder, or .gguf file; the tokenizer comes from here")
     tokenizer: str | None = Field(None, description="tokenizer to use instead of base_model's")
     output_dir: str | None = Field(None, description="default: outputs/<name> in the working directory")
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="the data part, read by `tunesmith prep`")
     train_data: str | None = Field(None, description="prepared data to train on; default: data.output")
     eval_data: str | None = Field(None, description="prepared eval data, when prepared separately")
-    model: "ModelConfig" = Field(default_factory=lambda: ModelConfig())
-    training: dict[str, Any] = Field(default_factory=dict, description="any transformers TrainingArguments field")
+    model: "ModelConfig" = Field(default_factory=lambda: ModelConfig(), description="how the model is loaded and trained")
+    training: dict[str, Any] = Field(default_factory=dict, description="any transformers TrainingArguments field, checked "
+                                                                      "before any work; tunesmith's defaults: docs/training.md")
     seed_compat: list[str] = Field(default_factory=list, exclude=True, description="notes on translated keys (two-step or llm-foundry files)")
     compat_source: str = Field("", exclude=True, description="the framework whose YAML was translated, '' for tunesmith's own")
     key_names: dict[str, str] = Field(default_factory=dict, exclude=True,

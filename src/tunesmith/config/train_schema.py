@@ -15,22 +15,28 @@ class _Strict(BaseModel):
 
 
 class LoraConfig(_Strict):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="default: chosen per architecture")
+    """The LoRA adapter (peft), for `method: lora` and `qlora`."""
+
+    r: int = Field(16, gt=0, description="the adapter's rank")
+    alpha: int = Field(32, gt=0, description="scaling: the update is multiplied by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="layer names to adapt; default: every linear layer inside the transformer blocks (not lm_head or embeddings)")
 
 
 class ModelConfig(_Strict):
-    method: Literal["full", "lora", "qlora"] = "full"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Which method trains the model, and how its weights are loaded."""
+
+    method: Literal["full", "lora", "qlora"] = Field(
+        "full", description="full: every weight; lora: a LoRA adapter (peft); qlora: LoRA on a 4- or 8-bit base (bitsandbytes, CUDA only)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto: bf16 on a GPU that has it (else fp16), fp32 on a CPU (bf16 autocast where the CPU has it)")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
         "auto", description="auto: flash_attention_2 on a CUDA GPU when flash-attn is installed, else sdpa")
-    trust_remote_code: bool = False
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    trust_remote_code: bool = Field(False, description="run Python code shipped with the model (its folder or Hub repo): only for code you trust")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="the adapter, for lora and qlora")
     quantization_bits: Literal[4, 8] = Field(4, description="QLoRA: load the base model in 4 or 8 bits (CUDA only)")
     merge: bool = Field(False, description="LoRA: also write merged/ (adapter folded into the base weights)")
-    resume: Literal["auto", "never"] | str = Field("never", description="auto: continue from the latest checkpoint; or a checkpoint folder")
+    resume: Literal["auto", "never"] | str = Field("never", description="never; auto: continue from the newest complete checkpoint (one cut short is skipped); or a checkpoint folder")
     early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without improvement before stopping")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a step whose loss or gradients are NaN/inf: stop naming it, or skip its update (counted)")
