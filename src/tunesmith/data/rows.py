@@ -21,8 +21,9 @@ from tunesmith.data.chat_template import check_has_template, render_with_templat
 from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
 from tunesmith.data.prompts import CHAT_TEMPLATE, Segment, example_to_turns, render_turns, resolve_format, select_trained
 from tunesmith.data.sources import import_callable
-from tunesmith.data.tokenize import IGNORE, Specials, encode_batch, fit_length, load_tokenizer, specials_of
+from tunesmith.data.tokenize import Specials, encode_batch, fit_length, specials_of
 from tunesmith.errors import DataError
+from tunesmith.hf import IGNORE, load_tokenizer
 
 ROW = "_row"  # the row's index in its source, added before any split or filter
 STATUS_COLUMNS = [ROW, "_status", "_cut", "_error", "_prompt_tokens", "_trained_tokens", "_trailing_removed"]

@@ -16,11 +16,12 @@ from rich.table import Table
 from tunesmith.config.schema import Config
 from tunesmith.data.prepare import load_prepared, raw_splits
 from tunesmith.data.rows import ROW
-from tunesmith.data.tokenize import IGNORE, encode_batch
+from tunesmith.data.collate import PadCollator
+from tunesmith.data.tokenize import encode_batch
+from tunesmith.hf import IGNORE
 from tunesmith.infer.generate import PromptEncoder, generate
 from tunesmith.infer.load import load_for_inference
 from tunesmith.infer.metrics import exact_match, rouge_l
-from tunesmith.train.collate import PadCollator
 
 
 def evaluate(cfg: Config, model_path: str | None = None, label: str | None = None, max_rows: int | None = None,

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import ModelError
+from tunesmith.hf import save_folder
 from tunesmith.infer.load import load_for_inference
 from tunesmith.ship.card import write_card
-from tunesmith.train.artifacts import save_folder
 
 
 def merge(cfg: Config, adapter: str | None = None, out: str | None = None) -> Path:

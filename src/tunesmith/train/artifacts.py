@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 import yaml
-from transformers import GenerationConfig
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import ConfigError
+from tunesmith.hf import complete_folder, save_folder
 from tunesmith.train.distributed import barrier, is_distributed, is_main_process
 from tunesmith.train.metrics import read_metrics
 
@@ -43,36 +43,6 @@ def save_merged(trainer, tokenizer, out: Path, cfg: Config) -> Path:
 
         merge(cfg, str(out / "final"), str(target))
     barrier()
-    return target
-
-
-def generation_config(model, tokenizer) -> GenerationConfig:
-    gc = GenerationConfig.from_model_config(model.config) if model.generation_config is None else model.generation_config
-    gc = GenerationConfig(**{k: v for k, v in gc.to_dict().items() if not k.startswith("_")})
-    gc.eos_token_id = tokenizer.eos_token_id
-    gc.pad_token_id = tokenizer.pad_token_id
-    gc.bos_token_id = tokenizer.bos_token_id
-    return gc
-
-
-def save_folder(model, tokenizer, target: Path, extra: dict[str, str] | None = None) -> Path:
-    """Model, tokenizer and generation config into `target`, written beside it and renamed when complete."""
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    return complete_folder(tmp, target, model, tokenizer, extra)
-
-
-def complete_folder(tmp: Path, target: Path, model, tokenizer, extra: dict[str, str] | None = None) -> Path:
-    """Add the tokenizer, generation config and extra files to the weights in `tmp`, then put it in
-    place of `target`."""
-    tokenizer.save_pretrained(tmp)
-    generation_config(model, tokenizer).save_pretrained(tmp)
-    for name, text in (extra or {}).items():
-        (tmp / name).write_text(text)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
     return target
 
 
