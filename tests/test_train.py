@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from helpers import make_tiny_llama, write_config, write_jsonl
 from tunesmith.cli import main
 from tunesmith.config import load_config
-from tunesmith.infer.generate import PromptEncoder, generate
+from tunesmith.data.render import make_renderer
+from tunesmith.infer.generate import generate
 
 PAIRS = [("color of the sky?", "blue"), ("capital of France?", "Paris"), ("2+2?", "4"), ("opposite of hot?", "cold"),
          ("first letter?", "A"), ("largest planet?", "Jupiter"), ("frozen water?", "ice"), ("fox says?", "unknown")]
@@ -49,7 +50,7 @@ def test_tiny_llama_learns_toy_task_and_final_model_answers(tmp_path, tiny_llama
         assert (out / name).is_file(), name
     tok = AutoTokenizer.from_pretrained(out / "final")
     model = AutoModelForCausalLM.from_pretrained(out / "final")
-    answers = generate(model, tok, PromptEncoder(load_config(cfg_path), tok), [{"prompt": r["prompt"]} for r in ROWS], max_new_tokens=8)
+    answers = generate(model, tok, make_renderer(load_config(cfg_path).data, tok), [{"prompt": r["prompt"]} for r in ROWS], max_new_tokens=8)
     assert answers == [a for _, a in PAIRS]
 
 

@@ -19,7 +19,8 @@ from tunesmith.data.rows import ROW
 from tunesmith.data.collate import PadCollator
 from tunesmith.data.tokenize import encode_batch
 from tunesmith.hf import IGNORE
-from tunesmith.infer.generate import PromptEncoder, generate
+from tunesmith.data.render import Renderer, make_renderer
+from tunesmith.infer.generate import generate
 from tunesmith.infer.load import load_for_inference
 from tunesmith.infer.metrics import exact_match, rouge_l
 
@@ -30,7 +31,7 @@ def evaluate(cfg: Config, model_path: str | None = None, label: str | None = Non
     start = time.perf_counter()
     label = label or ("base" if model_path is None else Path(model_path).name)
     model, tokenizer = load_for_inference(cfg, model_path)
-    encoder = PromptEncoder(cfg, tokenizer)
+    renderer = make_renderer(cfg.data, tokenizer)
     result: dict = {"label": label, "model": model_path or cfg.base_model}
 
     prepared = prepared_eval(cfg)
@@ -41,10 +42,10 @@ def evaluate(cfg: Config, model_path: str | None = None, label: str | None = Non
     rows = held_out_rows(cfg, max_rows)
     predictions = []
     if rows:
-        answers = generate(model, tokenizer, encoder, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        answers = generate(model, tokenizer, renderer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            show_progress=True)
         for i, (row, answer) in enumerate(zip(rows, answers)):
-            reference = encoder.reference(row, row.get(ROW, i)) or ""
+            reference = renderer.reference(row, row.get(ROW, i)) or ""
             predictions.append({"row": row.get(ROW, i), "reference": reference, "prediction": answer,
                                 "exact_match": exact_match(answer, reference), "rouge_l": round(rouge_l(answer, reference), 4)})
         result["exact_match"] = round(sum(p["exact_match"] for p in predictions) / len(predictions), 4)
@@ -52,7 +53,7 @@ def evaluate(cfg: Config, model_path: str | None = None, label: str | None = Non
         if all("choices" in r and "gold" in r for r in rows):
             correct = 0
             for row, pred in zip(rows, predictions):
-                scores = choice_scores(model, tokenizer, encoder, row)
+                scores = choice_scores(model, tokenizer, renderer, row)
                 pred["choice_logprobs"] = [round(s, 3) for s in scores]
                 pred["predicted_choice"] = max(range(len(scores)), key=scores.__getitem__)
                 pred["gold"] = row["gold"]
@@ -104,11 +105,11 @@ def token_loss(model, ds, pad_id: int, batch_size: int = 8) -> tuple[float, int]
 
 
 @torch.no_grad()
-def choice_scores(model, tokenizer, encoder: PromptEncoder, row: dict) -> list[float]:
+def choice_scores(model, tokenizer, renderer: Renderer, row: dict) -> list[float]:
     """Sum of log-probabilities of each choice as the answer (its end-of-turn included)."""
-    example = encoder.example(row)
-    segments = [encoder.segments({**example, "response": str(choice)}) for choice in row["choices"]]
-    encoded = encode_batch(segments, tokenizer, encoder.specials)
+    example = renderer.example(row, 0, renderer.declared_format, prompt=True)
+    segments = [renderer.segments({**example, "response": str(choice)}) for choice in row["choices"]]
+    encoded = encode_batch(segments, tokenizer, renderer.specials)
     batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": labels} for ids, labels in encoded])
     device = next(model.parameters()).device
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.float()
