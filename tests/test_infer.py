@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from helpers import write_config, write_jsonl
 from tunesmith.cli import main
 from tunesmith.config import load_config
+from tunesmith.data.prompt_settings import PROMPT_FILE
 from tunesmith.data.prompts import BUILTIN_FORMATS
 from tunesmith.data.render import make_renderer
 from tunesmith.infer.evaluate import choice_scores
@@ -165,7 +166,9 @@ def test_merge_command_matches_adapter(tmp_path, tiny_llama):
     ids = torch.tensor([[1, 54, 31, 226, 72, 84, 81, 84]])
     with torch.no_grad():
         assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-4)
-    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    assert (tmp_path / "m" / "tokenizer.json").is_file() and (tmp_path / "m" / "README.md").is_file()  # with its card
+    # merged/ prompts as the adapter does: the same prompt settings travel with it
+    assert (tmp_path / "m" / PROMPT_FILE).read_text() == (tmp_path / "out" / "final" / PROMPT_FILE).read_text()
     assert main(["merge", str(cfg), "--adapter", str(tmp_path / "m")]) == 2  # not an adapter: clear error
 
 

@@ -71,6 +71,7 @@ def test_lora_trains_only_adapters_and_merged_matches(tmp_path, tiny_llama):
         if "lora_" not in k and plain in base_state:
             assert torch.equal(v, base_state[plain]), k
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert (out / "merged" / "tunesmith_prompt.json").read_text() == (out / "final" / "tunesmith_prompt.json").read_text()
     ids = torch.tensor([[1, 54, 31, 226, 72, 84, 81]])
     with torch.no_grad():
         assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-4)

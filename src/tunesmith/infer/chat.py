@@ -8,11 +8,14 @@ from tunesmith.config.schema import Config
 from tunesmith.data.render import make_renderer
 from tunesmith.infer.generate import generate
 from tunesmith.infer.load import load_for_inference
+from tunesmith.infer.settings import inference_config
 
 
-def chat(cfg: Config, model_path: str | None, max_new_tokens: int = 256,
+def chat(cfg: Config | None, model_path: str | None, max_new_tokens: int = 256,
          stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> list[dict]:
-    """Each line you type is a user turn; `/reset` clears the history, an empty line or EOF ends."""
+    """Each line you type is a user turn; `/reset` clears the history, an empty line or EOF ends.
+    `cfg` None: the prompt settings saved with `model_path`."""
+    cfg = inference_config(cfg, model_path, "chat")
     model, tokenizer = load_for_inference(cfg, model_path)
     renderer = make_renderer(cfg.data, tokenizer, preprocessing=False)  # typed text is already a prompt
     messages: list[dict] = []

@@ -51,14 +51,17 @@ def read_prompts(source: str) -> list[dict]:
     return rows
 
 
-def run_generate(cfg: Config, model_path: str | None, prompts: str, max_new_tokens: int,
+def run_generate(cfg: Config | None, model_path: str | None, prompts: str, max_new_tokens: int,
                  batch_size: int = 16) -> list[str]:
     """JSON rows go through the data step's preprocessing; plain lines are already prompts. All
-    prompts are generated together, batched by length; answers are printed in the input's order."""
+    prompts are generated together, batched by length; answers are printed in the input's order.
+    `cfg` None: the prompt settings saved with `model_path`."""
     import json
 
     from tunesmith.infer.load import load_for_inference
+    from tunesmith.infer.settings import inference_config
 
+    cfg = inference_config(cfg, model_path, "generate")
     rows = read_prompts(prompts)
     model, tokenizer = load_for_inference(cfg, model_path)
     # The preprocessing function is loaded only when a JSON row needs it.

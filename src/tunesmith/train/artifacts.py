@@ -1,4 +1,4 @@
-"""What a run leaves behind: final/, merged/, loss.png, run_config.yaml, summary.json, and an upload."""
+"""What a run leaves behind: final/, merged/ (with the prompt settings), loss.png, run_config.yaml, summary.json, and an upload."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from tunesmith.config.schema import Config
+from tunesmith.data.prompt_settings import PROMPT_FILE, settings_text
 from tunesmith.errors import ConfigError
 from tunesmith.hf import complete_folder, save_folder
 from tunesmith.train.distributed import barrier, is_distributed, is_main_process
@@ -27,7 +28,7 @@ def save_final(trainer, tokenizer, out: Path, cfg: Config) -> Path:
     if is_main_process():
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of every training setting, tokens included
         extra = {"tunesmith_base_model.txt": cfg.base_model + "\n"} if cfg.model.method in ("lora", "qlora") else {}
-        complete_folder(tmp, target, trainer.model, tokenizer, extra)
+        complete_folder(tmp, target, trainer.model, tokenizer, {**extra, **model_files(cfg)})
     barrier()
     return target
 
@@ -37,13 +38,19 @@ def save_merged(trainer, tokenizer, out: Path, cfg: Config) -> Path:
     weights in memory may be shards, so the main process merges the saved adapter instead."""
     target = out / "merged"
     if not is_distributed():
-        return save_folder(trainer.model.merge_and_unload(), tokenizer, target)
+        return save_folder(trainer.model.merge_and_unload(), tokenizer, target, model_files(cfg))
     if is_main_process():
         from tunesmith.infer.merge import merge
 
         merge(cfg, str(out / "final"), str(target))
     barrier()
     return target
+
+
+def model_files(cfg: Config) -> dict[str, str]:
+    """What every model folder of a run carries besides weights and tokenizer: the prompt settings,
+    so eval, generate and chat prompt the model as it was trained without the config."""
+    return {PROMPT_FILE: settings_text(cfg.data)}
 
 
 def write_run_config(cfg: Config, out: Path) -> None:
