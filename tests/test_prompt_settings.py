@@ -119,6 +119,23 @@ def test_a_folder_without_saved_settings_asks_for_the_config(tiny_llama, tmp_pat
     assert "no config and no --model" in capsys.readouterr().err
 
 
+def test_a_saved_preprocessing_function_that_is_gone_is_named(tiny_llama, tmp_path, capsys):
+    """The settings name the function by its path at training time; a moved model says which file
+    needs it, and typed prompts (which skip it) still work."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama, folder)
+    gone = tmp_path / "gone.py"
+    (folder / PROMPT_FILE).write_text(settings_text(DataConfig(preprocessing_fn=f"{gone}:fn")))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("typed line\n")
+    assert main(["generate", "--model", str(folder), "--prompts", str(prompts), "--max-new-tokens", "2"]) == 0
+    prompts.write_text('{"question": "a row"}\n')
+    assert main(["generate", "--model", str(folder), "--prompts", str(prompts), "--max-new-tokens", "2"]) == 2
+    assert f"{gone}: file not found (preprocessing_fn in {folder / PROMPT_FILE})" in capsys.readouterr().err
+
+
 def test_settings_round_trip_and_builtins_are_spelled_out(tmp_path):
     data = DataConfig.model_validate({**DATA, "assistant_turns": "last"})
     (tmp_path / PROMPT_FILE).write_text(settings_text(data))

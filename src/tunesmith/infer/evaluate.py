@@ -44,7 +44,7 @@ def evaluate(cfg: Config | None, model_path: str | None = None, label: str | Non
     start = time.perf_counter()
     label = label or ("base" if model_path is None else Path(model_path).name)
     model, tokenizer = load_for_inference(cfg, model_path)
-    renderer = make_renderer(cfg.data, tokenizer)
+    renderer = make_renderer(cfg.data, tokenizer, where=cfg.user_key("data.preprocessing_fn"))
     result: dict = {"label": label, "model": model_path or cfg.base_model}
 
     if data_file:

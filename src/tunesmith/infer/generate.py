@@ -66,7 +66,7 @@ def run_generate(cfg: Config | None, model_path: str | None, prompts: str, max_n
     model, tokenizer = load_for_inference(cfg, model_path)
     # The preprocessing function is loaded only when a JSON row needs it.
     needs_preprocessing = any(not row.get(PLAIN) for row in rows)
-    renderer = make_renderer(cfg.data, tokenizer, preprocessing=needs_preprocessing)
+    renderer = make_renderer(cfg.data, tokenizer, needs_preprocessing, cfg.user_key("data.preprocessing_fn"))
     typed = renderer.without_preprocessing()
     ids = []
     for i, row in enumerate(rows):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tunesmith.config.schema import Config
-from tunesmith.data.prompt_settings import PROMPT_FILE, differences, read_settings
+from tunesmith.data.prompt_settings import PROMPT_FILE, RENDER_KEYS, differences, read_settings
 from tunesmith.errors import ConfigError, ModelError
 
 
@@ -30,7 +30,9 @@ def inference_config(cfg: Config | None, model_path: str | None, command: str) -
         raise ConfigError(f"{folder}: no {PROMPT_FILE}, so the prompt format this model was trained with is unknown",
                           f"pass the training config: tunesmith {command} CONFIG --model {model_path} "
                           "(models trained by tunesmith before it saved this file, or by other tools, need it)")
-    return Config(base_model=str(folder), output_dir=str(folder.resolve().parent), data=saved)
+    # Messages about a saved key name the file it came from.
+    names = {f"data.{k}": f"{k} in {folder / PROMPT_FILE}" for k in RENDER_KEYS}
+    return Config(base_model=str(folder), output_dir=str(folder.resolve().parent), data=saved, key_names=names)
 
 
 def report_differences(cfg: Config, model_path: str) -> list[str]:
