@@ -28,6 +28,8 @@ PLACEHOLDER = "\x00answer\x00"  # stands in for a prompt's missing answer; only 
 
 @dataclass
 class Renderer:
+    """Everything rendering needs, checked once (make_renderer); rows.py adds batches and status columns."""
+
     data: DataConfig
     tokenizer: PreTrainedTokenizerBase
     specials: Specials
