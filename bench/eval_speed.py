@@ -26,13 +26,13 @@ DOLLY = Path(__file__).resolve().parent / "data" / "dolly_hhrlhf" / "train.jsonl
 def prompt_ids(model_dir: str, rows: list[dict]) -> tuple[list[list[int]], object]:
     """The prompts as `tunesmith eval` builds them (the rows' own Alpaca text, verbatim)."""
     from tunesmith.config.load import validate
-    from tunesmith.data.tokenize import load_tokenizer
-    from tunesmith.infer.generate import PromptEncoder
+    from tunesmith.data.render import make_renderer
+    from tunesmith.hf import load_tokenizer
 
     cfg = validate({"base_model": model_dir, "data": {"train": {"data_files": str(DOLLY)}, "prompt_format": "plain"}})
     tokenizer = load_tokenizer(model_dir)
-    encoder = PromptEncoder(cfg, tokenizer)
-    return [encoder.encode({"prompt": r["prompt"]}, i)[0] for i, r in enumerate(rows)], tokenizer
+    renderer = make_renderer(cfg.data, tokenizer)
+    return [renderer.prompt({"prompt": r["prompt"]}, i)[0] for i, r in enumerate(rows)], tokenizer
 
 
 def tiny_model(tokenizer_dir: str, folder: Path) -> str:

@@ -26,7 +26,7 @@ from datasets import disable_progress_bars, load_dataset
 
 from tunesmith.config.load import validate
 from tunesmith.data.prepare import prepare
-from tunesmith.data.tokenize import load_tokenizer
+from tunesmith.hf import load_tokenizer
 
 DOLLY = Path(__file__).resolve().parent / "data" / "dolly_hhrlhf" / "train.jsonl"  # shipped copy, see its PROVENANCE.md
 

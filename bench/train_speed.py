@@ -164,9 +164,9 @@ def build_models(folder: Path, which: list[str]) -> dict[str, str]:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from tunesmith.data.tokenize import load_tokenizer
     from tunesmith.demo_model import demo_model_path
-    from tunesmith.train.model import dequantized_copy
+    from tunesmith.hf import load_tokenizer
+    from tunesmith.modelref import dequantized_copy
 
     gguf = demo_model_path()
     tok = load_tokenizer(str(gguf))

@@ -40,8 +40,7 @@ def test_gguf_conversion_cache_matches_the_gguf():
     """The plain folder tunesmith converts the .gguf into gives the same logits as loading the .gguf."""
     import torch
 
-    from tunesmith.modelref import local_model, split_gguf
-    from tunesmith.train.model import dequantized_copy
+    from tunesmith.modelref import dequantized_copy, local_model, split_gguf
 
     gguf = str(demo_model_path())
     folder = local_model(gguf)

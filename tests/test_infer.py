@@ -9,10 +9,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from helpers import write_config, write_jsonl
 from tunesmith.cli import main
 from tunesmith.config import load_config
+from tunesmith.data.prompt_settings import PROMPT_FILE
 from tunesmith.data.prompts import BUILTIN_FORMATS
+from tunesmith.data.render import make_renderer
 from tunesmith.infer.evaluate import choice_scores
 from tunesmith.infer.batching import generate_ids, length_sorted_batches
-from tunesmith.infer.generate import PromptEncoder, cut_at_stop, read_prompts
+from tunesmith.infer.generate import cut_at_stop, read_prompts
 from tunesmith.infer.metrics import exact_match, normalize_answer, rouge_l
 
 PAIRS = [("color of the sky?", "blue"), ("capital of France?", "Paris"), ("2+2?", "4"), ("opposite of hot?", "cold"),
@@ -69,8 +71,8 @@ def test_choice_ranking_prefers_what_the_model_learned(toy_run):
     config = load_config(cfg)
     tok = AutoTokenizer.from_pretrained(tmp / "out" / "final")
     model = AutoModelForCausalLM.from_pretrained(tmp / "out" / "final")
-    encoder = PromptEncoder(config, tok)
-    scores = choice_scores(model, tok, encoder, {"query": "Q: capital of France?\nA: ", "choices": ["Jupiter", "Paris", "ice"], "gold": 1})
+    renderer = make_renderer(config.data, tok)
+    scores = choice_scores(model, tok, renderer, {"query": "Q: capital of France?\nA: ", "choices": ["Jupiter", "Paris", "ice"], "gold": 1})
     assert max(range(3), key=scores.__getitem__) == 1 and all(s < 0 for s in scores)
 
 
@@ -87,10 +89,10 @@ def test_generation_prompt_is_the_training_prompt(tmp_path, bos_tok_dir, fmt):
                             "response_template": "Summary: {text}"}}})
     assert main(["prep", str(cfg_path)]) == 0
     prepared = load_from_disk(str(tmp_path / "out" / "data"))["train"]
-    encoder = PromptEncoder(load_config(cfg_path), AutoTokenizer.from_pretrained(bos_tok_dir))
+    renderer = make_renderer(load_config(cfg_path).data, AutoTokenizer.from_pretrained(bos_tok_dir))
     for row, done in zip(rows, prepared):
         first_trained = next(i for i, lab in enumerate(done["labels"]) if lab != -100)
-        ids, answer = encoder.encode({k: v for k, v in row.items() if k != "response"})
+        ids, answer = renderer.prompt({k: v for k, v in row.items() if k != "response"})
         assert ids == done["input_ids"][:first_trained]
         assert answer is None
 
@@ -108,12 +110,12 @@ def test_batched_generation_equals_one_row_at_a_time(toy_run, stop_strings):
     tmp, cfg = toy_run
     tok = AutoTokenizer.from_pretrained(tmp / "out" / "final")
     model = AutoModelForCausalLM.from_pretrained(tmp / "out" / "final", dtype=torch.float32).eval()
-    encoder = PromptEncoder(load_config(cfg), tok)
+    renderer = make_renderer(load_config(cfg).data, tok)
     # Trained questions stop early at EOS; unseen ones of other lengths run on to the limit.
     questions = [f"Q: {q}\nA: " for q, _ in PAIRS] + [
         "Q: why?\nA: ", "Q: what is the weather like today in a city far away from here?\nA: ",
         "Q: name a planet\nA: ", "Q: how many legs does a fox have, and why?\nA: "]
-    prompts = [encoder.encode({"query": q, "choices": ["x"], "gold": 0}, i)[0] for i, q in enumerate(questions)]
+    prompts = [renderer.prompt({"query": q, "choices": ["x"], "gold": 0}, i)[0] for i, q in enumerate(questions)]
     want = one_row_at_a_time(model, tok, prompts, 4, stop_strings)
     got = generate_ids(model, tok, prompts, stop_strings, max_new_tokens=4, batch_size=5, show_progress=False)
     assert got == want
@@ -164,7 +166,9 @@ def test_merge_command_matches_adapter(tmp_path, tiny_llama):
     ids = torch.tensor([[1, 54, 31, 226, 72, 84, 81, 84]])
     with torch.no_grad():
         assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-4)
-    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    assert (tmp_path / "m" / "tokenizer.json").is_file() and (tmp_path / "m" / "README.md").is_file()  # with its card
+    # merged/ prompts as the adapter does: the same prompt settings travel with it
+    assert (tmp_path / "m" / PROMPT_FILE).read_text() == (tmp_path / "out" / "final" / PROMPT_FILE).read_text()
     assert main(["merge", str(cfg), "--adapter", str(tmp_path / "m")]) == 2  # not an adapter: clear error
 
 
@@ -203,7 +207,7 @@ def test_multi_turn_generation_prompt_is_the_training_prompt(tmp_path, bos_tok_d
     row = load_from_disk(str(tmp_path / "out" / "data"))["train"][0]
     labels = row["labels"]
     last_answer_start = max(i for i in range(1, len(labels)) if labels[i] != -100 and labels[i - 1] == -100)
-    encoder = PromptEncoder(load_config(cfg_path), AutoTokenizer.from_pretrained(bos_tok_dir))
-    ids, answer = encoder.encode({"messages": messages})
+    renderer = make_renderer(load_config(cfg_path).data, AutoTokenizer.from_pretrained(bos_tok_dir))
+    ids, answer = renderer.prompt({"messages": messages})
     assert ids == row["input_ids"][:last_answer_start] and answer == "Tuna"
 

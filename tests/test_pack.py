@@ -12,9 +12,10 @@ from transformers import AutoModelForCausalLM
 
 from helpers import write_config, write_jsonl
 from tunesmith.cli import main
+from tunesmith.data.collate import concatenate
 from tunesmith.data.pack import plan_bins
 from tunesmith.train.attention import sdpa_varlen_forward
-from tunesmith.train.collate import PadCollator, concatenate
+from tunesmith.train.collate import PadCollator
 
 
 @settings(max_examples=200, deadline=None)

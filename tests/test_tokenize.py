@@ -7,7 +7,8 @@ from transformers import AutoTokenizer
 from tunesmith.config.schema import PromptConfig
 from tunesmith.data.chat_template import render_with_template
 from tunesmith.data.prompts import BUILTIN_FORMATS, example_to_turns, render_turns, resolve_format, select_trained
-from tunesmith.data.tokenize import IGNORE, encode_batch, fit_length, specials_of
+from tunesmith.data.tokenize import encode_batch, fit_length, specials_of
+from tunesmith.hf import IGNORE
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=40)
 RESPONSE = TEXT.filter(lambda s: s.strip())
@@ -117,7 +118,7 @@ def test_drop_and_error_policies(long_example):
 
 
 def test_a_tokenizer_without_pad_pads_with_eos(tmp_path, tok_dir):
-    from tunesmith.data.tokenize import load_tokenizer
+    from tunesmith.hf import load_tokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     tok.pad_token = None

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from helpers import make_tiny_llama, write_config, write_jsonl
 from tunesmith.cli import main
 from tunesmith.config import load_config
-from tunesmith.infer.generate import PromptEncoder, generate
+from tunesmith.data.render import make_renderer
+from tunesmith.infer.generate import generate
 
 PAIRS = [("color of the sky?", "blue"), ("capital of France?", "Paris"), ("2+2?", "4"), ("opposite of hot?", "cold"),
          ("first letter?", "A"), ("largest planet?", "Jupiter"), ("frozen water?", "ice"), ("fox says?", "unknown")]
@@ -49,7 +50,7 @@ def test_tiny_llama_learns_toy_task_and_final_model_answers(tmp_path, tiny_llama
         assert (out / name).is_file(), name
     tok = AutoTokenizer.from_pretrained(out / "final")
     model = AutoModelForCausalLM.from_pretrained(out / "final")
-    answers = generate(model, tok, PromptEncoder(load_config(cfg_path), tok), [{"prompt": r["prompt"]} for r in ROWS], max_new_tokens=8)
+    answers = generate(model, tok, make_renderer(load_config(cfg_path).data, tok), [{"prompt": r["prompt"]} for r in ROWS], max_new_tokens=8)
     assert answers == [a for _, a in PAIRS]
 
 
@@ -70,6 +71,7 @@ def test_lora_trains_only_adapters_and_merged_matches(tmp_path, tiny_llama):
         if "lora_" not in k and plain in base_state:
             assert torch.equal(v, base_state[plain]), k
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert (out / "merged" / "tunesmith_prompt.json").read_text() == (out / "final" / "tunesmith_prompt.json").read_text()
     ids = torch.tensor([[1, 54, 31, 226, 72, 84, 81]])
     with torch.no_grad():
         assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-4)

@@ -1,5 +1,8 @@
 """One command-line app: `tunesmith check|prep|preview|train|run|eval|generate|chat|merge|export|push|report|init|demo CONFIG`.
 
+eval, generate and chat also run without CONFIG on `--model FOLDER`: a model tunesmith saved
+carries the prompt settings it was trained with.
+
 User errors (TunesmithError) end with one message and exit status 2; `--debug` shows the traceback.
 """
 from __future__ import annotations
@@ -16,9 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_config(name: str, help: str) -> argparse.ArgumentParser:
+    def with_config(name: str, help: str, optional: bool = False) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
-        sp.add_argument("config", help="YAML config file")
+        if optional:  # a model folder carries its prompt settings
+            sp.add_argument("config", nargs="?", help="YAML config file (default: the prompt settings saved with --model)")
+        else:
+            sp.add_argument("config", help="YAML config file")
         sp.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. data.max_length=1024")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
         return sp
@@ -29,18 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     with_config("run", "prep, then train: the whole job from one config")
     pv = with_config("preview", "print rendered examples with the trained tokens highlighted")
     pv.add_argument("-n", type=int, default=3, help="how many rows to show")
-    ev = with_config("eval", "eval loss/perplexity, exact match, ROUGE-L, multiple-choice accuracy")
+    ev = with_config("eval", "eval loss/perplexity, exact match, ROUGE-L, multiple-choice accuracy", optional=True)
     ev.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
+    ev.add_argument("--data", help="rows to evaluate on (.jsonl, .json, .csv, .parquet) instead of the config's "
+                                   "held-out rows; needed without a config")
     ev.add_argument("--label", help="name for this model in the table and eval/ folder")
     ev.add_argument("--max-rows", type=int, help="evaluate at most this many held-out rows")
     ev.add_argument("--max-new-tokens", type=int, default=48)
     ev.add_argument("--batch-size", type=int, default=16, help="prompts generated together (batched by length)")
-    gen = with_config("generate", "answer prompts (JSON rows or plain lines, from a file or stdin)")
+    gen = with_config("generate", "answer prompts (JSON rows or plain lines, from a file or stdin)", optional=True)
     gen.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
     gen.add_argument("--prompts", default="-", help="file of prompts, one per line; - for stdin")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--batch-size", type=int, default=16, help="prompts generated together (batched by length)")
-    ch = with_config("chat", "talk to a model in the terminal (same template as training)")
+    ch = with_config("chat", "talk to a model in the terminal (same template as training)", optional=True)
     ch.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
     ch.add_argument("--max-new-tokens", type=int, default=256)
     mg = with_config("merge", "fold a LoRA adapter into its base model and save a plain model folder")
@@ -94,6 +102,8 @@ def run_command(args: argparse.Namespace) -> int:
 
         run_demo(args.config, args.overrides)
         return 0
+    if args.config is None:  # eval, generate, chat: the prompt settings come from --model
+        return run_model_command(args, None)
     cfg = load_config(args.config, args.overrides)
     args.secrets = secret_values(cfg.model_dump(mode="json"))  # masked in any message printed below
     if cfg.seed_compat and os.environ.get("RANK", "0") == "0":  # said once under a launcher
@@ -127,22 +137,15 @@ def run_command(args: argparse.Namespace) -> int:
         from tunesmith.data.preview import preview
 
         preview(cfg, n=args.n)
-    elif args.command == "eval":
-        from tunesmith.infer.evaluate import evaluate
-
-        evaluate(cfg, args.model, args.label, args.max_rows, args.max_new_tokens, batch_size=args.batch_size)
-    elif args.command == "generate":
-        from tunesmith.infer.generate import run_generate
-
-        run_generate(cfg, args.model, args.prompts, args.max_new_tokens, args.batch_size)
-    elif args.command == "chat":
-        from tunesmith.infer.chat import chat
-
-        chat(cfg, args.model, args.max_new_tokens)
+    elif args.command in ("eval", "generate", "chat"):
+        return run_model_command(args, cfg)
     elif args.command == "merge":
         from tunesmith.infer.merge import merge
+        from tunesmith.ship.card import write_card
 
-        print(merge(cfg, args.adapter, args.out))
+        merged = merge(cfg, args.adapter, args.out)
+        write_card(merged, cfg)
+        print(merged)
     elif args.command == "export":
         from tunesmith.ship.export import export
 
@@ -155,6 +158,24 @@ def run_command(args: argparse.Namespace) -> int:
         from tunesmith.ship.report import write_report
 
         print(write_report(cfg, args.out))
+    return 0
+
+
+def run_model_command(args: argparse.Namespace, cfg) -> int:
+    """eval, generate, chat: with a config, or (cfg None) with the prompt settings saved in --model."""
+    if args.command == "eval":
+        from tunesmith.infer.evaluate import evaluate
+
+        evaluate(cfg, args.model, args.label, args.max_rows, args.max_new_tokens, batch_size=args.batch_size,
+                 data_file=args.data)
+    elif args.command == "generate":
+        from tunesmith.infer.generate import run_generate
+
+        run_generate(cfg, args.model, args.prompts, args.max_new_tokens, args.batch_size)
+    elif args.command == "chat":
+        from tunesmith.infer.chat import chat
+
+        chat(cfg, args.model, args.max_new_tokens)
     return 0
 
 

@@ -5,6 +5,9 @@ tunesmith's cache, keyed by the file's path, size and mtime. Loading GGUF costs 
 135M demo model (dequantization, tokenizer rebuild) on every start; the folder loads in ~1 s,
 and transformers treats it as an ordinary model (GGUF-loaded models are flagged as quantized,
 which Trainer and save_pretrained refuse).
+
+Nothing here imports other tunesmith modules but errors.py: loading (hf.py), training and
+inference all start from here.
 """
 from __future__ import annotations
 
@@ -45,8 +48,6 @@ def convert_gguf(ref: str, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.train.model import dequantized_copy
-
     path, extra = split_gguf(ref)
     tokenizer = AutoTokenizer.from_pretrained(path, **extra)
     model = dequantized_copy(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra), torch.float32)
@@ -58,3 +59,25 @@ def convert_gguf(ref: str, folder: Path) -> None:
         tmp.rename(folder)  # complete or absent
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dequantized_copy(model, dtype):
+    """The same architecture and weights as a plain model (no quantization_config). transformers
+    dequantizes GGUF on load but marks the model quantized, so Trainer and save_pretrained refuse it."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.errors import ModelError
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    real_missing = [k for k in missing if k not in getattr(plain, "_tied_weights_keys", {}) and "lm_head" not in k]
+    if real_missing or unexpected:
+        raise ModelError(f"GGUF weights do not fit the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+    plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tunesmith.config.dotted import set_dotted
 from tunesmith.config.schema import Config
 from tunesmith.config.secrets import mask_text, secret_values
 from tunesmith.errors import ConfigError
@@ -72,17 +73,6 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
     return parsed
-
-
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
 
 
 def _describe(err: dict) -> str:

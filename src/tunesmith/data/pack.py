@@ -17,7 +17,8 @@ from datasets import Dataset, Features, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
 from datasets.table import InMemoryTable
 
-IGNORE = -100
+from tunesmith.hf import IGNORE
+
 PACKED_FEATURES = Features({
     "input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")), "position_ids": Sequence(Value("int32")),
     "attention_mask": Sequence(Value("int8")), "seq_lengths": Sequence(Value("int32")), "full_text": Value("string"),

@@ -9,8 +9,9 @@ from rich.text import Text
 from tunesmith.config.schema import Config
 from tunesmith.data.rows import ROW, RowProcessor, dataset_format, render_setup
 from tunesmith.data.sources import load_source
-from tunesmith.data.tokenize import IGNORE, encode_batch, fit_length
+from tunesmith.data.tokenize import encode_batch, fit_length
 from tunesmith.errors import ConfigError
+from tunesmith.hf import IGNORE
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # marks trained text when colour is off
 

@@ -1,4 +1,5 @@
 """One batch of raw rows -> tokenized rows plus status columns (the function `datasets.map` runs).
+Each row is rendered by data/render.py, the path inference renders its prompts with.
 
 Rows are never dropped here: a row that cannot be used gets `_status` set to the reason, so
 the report can count every drop and cut before prepare.py filters them out.
@@ -17,12 +18,12 @@ from datasets import Features, Sequence, Value
 from transformers import PreTrainedTokenizerBase
 
 from tunesmith.config.schema import DataConfig, PromptFormatConfig
-from tunesmith.data.chat_template import check_has_template, render_with_template
-from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
-from tunesmith.data.prompts import CHAT_TEMPLATE, Segment, example_to_turns, render_turns, resolve_format, select_trained
-from tunesmith.data.sources import import_callable
-from tunesmith.data.tokenize import IGNORE, Specials, encode_batch, fit_length, load_tokenizer, specials_of
+from tunesmith.data.examples import detect_format
+from tunesmith.data.prompts import Segment
+from tunesmith.data.render import Renderer, make_renderer
+from tunesmith.data.tokenize import Specials, encode_batch, fit_length
 from tunesmith.errors import DataError
+from tunesmith.hf import IGNORE, load_tokenizer
 
 ROW = "_row"  # the row's index in its source, added before any split or filter
 STATUS_COLUMNS = [ROW, "_status", "_cut", "_error", "_prompt_tokens", "_trained_tokens", "_trailing_removed"]
@@ -43,19 +44,12 @@ class RowProcessor:
     row_format: str  # "input", "prompt_response", "chat", or "" to detect per row
     preprocess: Callable | None = None
 
+    def __post_init__(self) -> None:
+        self.renderer = Renderer(self.data, self.tokenizer, self.specials, self.fmt, self.preprocess)
+
     def render(self, row: dict[str, Any], index: int) -> tuple[list[Segment], int]:
         """One raw row -> segments (raises DataError naming the row when it is malformed)."""
-        if self.preprocess is not None:
-            row = apply_preprocessing(row, self.preprocess, self.data.preprocessing_fn, index)
-        row = rename_columns(row, self.data.columns)
-        fmt = self.row_format or detect_format([k for k, v in row.items() if v is not None])
-        example = normalize(row, fmt, index)
-        turns = select_trained(example_to_turns(example, self.data.prompt), self.data.assistant_turns)
-        if self.fmt == CHAT_TEMPLATE:
-            segments = render_with_template(turns, self.tokenizer, self.data.train_on_prompt, index)
-        else:
-            segments = render_turns(turns, self.fmt, self.data.train_on_prompt)
-        return segments, example.get("trailing_removed", 0)
+        return self.renderer.render(row, index, self.row_format)
 
     def __call__(self, batch: dict[str, list]) -> pa.Table:
         with gc_paused():
@@ -146,15 +140,10 @@ def gc_paused() -> Iterator[None]:
 
 def render_setup(cfg, tokenizer: PreTrainedTokenizerBase | None = None):
     """What rendering needs, checked up front: (tokenizer, specials, format, preprocessing function)."""
-    d = cfg.data
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
-    specials = specials_of(tokenizer)
-    fmt = resolve_format(d.prompt_format, specials.bos_text, specials.eos_text)
-    if fmt == CHAT_TEMPLATE:
-        check_has_template(tokenizer)
-    preprocess = import_callable(d.preprocessing_fn, "data.preprocessing_fn") if d.preprocessing_fn else None
-    return tokenizer, specials, fmt, preprocess
+    r = make_renderer(cfg.data, tokenizer)
+    return r.tokenizer, r.specials, r.fmt, r.preprocess
 
 
 def dataset_format(declared: str, columns: list[str], renames: dict[str, str], has_preprocessing: bool) -> str:

@@ -8,29 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from tunesmith.data.prompts import Segment
-from tunesmith.errors import ModelError, row_error
-from tunesmith.modelref import local_model
-
-IGNORE = -100
-
-
-def load_tokenizer(ref: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    try:
-        tok = AutoTokenizer.from_pretrained(local_model(ref), trust_remote_code=trust_remote_code)
-    except Exception as e:  # OSError, ValueError, HF hub errors: all mean "cannot load this"
-        raise ModelError(f"cannot load a tokenizer from {ref!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
-                         "set base_model (or tokenizer) to a local folder with tokenizer files, a .gguf file, "
-                         "or a Hub id when the Hub is reachable") from None
-    if tok.eos_token_id is None:
-        raise ModelError(f"tokenizer {ref!r} has no EOS token", "tunesmith ends every answer with EOS; use a tokenizer that has one")
-    if tok.pad_token_id is None:
-        # Safe with tunesmith's data: labels are set at prep time and padding never carries one,
-        # so padding with EOS cannot mask a real EOS.
-        tok.pad_token = tok.eos_token
-    return tok
+from tunesmith.errors import row_error
+from tunesmith.hf import IGNORE
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,19 @@ import sys
 from typing import TextIO
 
 from tunesmith.config.schema import Config
-from tunesmith.infer.generate import PromptEncoder, generate
+from tunesmith.data.render import make_renderer
+from tunesmith.infer.generate import generate
 from tunesmith.infer.load import load_for_inference
+from tunesmith.infer.settings import inference_config
 
 
-def chat(cfg: Config, model_path: str | None, max_new_tokens: int = 256,
+def chat(cfg: Config | None, model_path: str | None, max_new_tokens: int = 256,
          stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> list[dict]:
-    """Each line you type is a user turn; `/reset` clears the history, an empty line or EOF ends."""
+    """Each line you type is a user turn; `/reset` clears the history, an empty line or EOF ends.
+    `cfg` None: the prompt settings saved with `model_path`."""
+    cfg = inference_config(cfg, model_path, "chat")
     model, tokenizer = load_for_inference(cfg, model_path)
-    encoder = PromptEncoder(cfg, tokenizer)
-    encoder.preprocess = None  # typed text is already a prompt
+    renderer = make_renderer(cfg.data, tokenizer, preprocessing=False)  # typed text is already a prompt
     messages: list[dict] = []
     interactive = stdin.isatty()
     while True:
@@ -28,7 +31,7 @@ def chat(cfg: Config, model_path: str | None, max_new_tokens: int = 256,
             messages = []
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        answer = generate(model, tokenizer, encoder, [{"messages": list(messages)}], max_new_tokens=max_new_tokens)[0]
+        answer = generate(model, tokenizer, renderer, [{"messages": list(messages)}], max_new_tokens=max_new_tokens)[0]
         messages.append({"role": "assistant", "content": answer})
         stdout.write(("model> " if interactive else "") + answer + "\n")
         stdout.flush()

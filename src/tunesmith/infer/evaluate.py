@@ -1,6 +1,9 @@
 """`tunesmith eval`: loss and perplexity on the prepared eval split; on the held-out source rows,
 generation metrics (exact match, ROUGE-L) and, for multiple-choice rows (`choices` + `gold`),
-accuracy by ranking the choices on log-likelihood. Writes predictions.jsonl and prints a table."""
+accuracy by ranking the choices on log-likelihood. Writes predictions.jsonl and prints a table.
+
+`--data FILE` evaluates on the rows of a file instead (the loss on them as training renders
+them); it is what eval needs without a config, the prompt settings then coming from the model."""
 from __future__ import annotations
 
 import json
@@ -13,37 +16,52 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from tunesmith.config.schema import Config
+from tunesmith.config.schema import Config, SourceConfig, builder_for
+from tunesmith.data.collate import PadCollator
 from tunesmith.data.prepare import load_prepared, raw_splits
+from tunesmith.data.render import Renderer, make_renderer
 from tunesmith.data.rows import ROW
-from tunesmith.data.tokenize import IGNORE, encode_batch
-from tunesmith.infer.generate import PromptEncoder, generate
+from tunesmith.data.sources import load_source
+from tunesmith.data.tokenize import encode_batch
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.hf import IGNORE
+from tunesmith.infer.generate import generate
 from tunesmith.infer.load import load_for_inference
 from tunesmith.infer.metrics import exact_match, rouge_l
-from tunesmith.train.collate import PadCollator
+from tunesmith.infer.settings import inference_config
 
 
-def evaluate(cfg: Config, model_path: str | None = None, label: str | None = None, max_rows: int | None = None,
-             max_new_tokens: int = 48, console: Console | None = None, batch_size: int = 16) -> dict:
+def evaluate(cfg: Config | None, model_path: str | None = None, label: str | None = None, max_rows: int | None = None,
+             max_new_tokens: int = 48, console: Console | None = None, batch_size: int = 16,
+             data_file: str | None = None) -> dict:
+    """`cfg` None: the prompt settings saved with `model_path`, and `data_file` is required."""
+    if cfg is None and data_file is None:
+        raise ConfigError("tunesmith eval without a config needs --data FILE: the rows to evaluate on",
+                          "e.g. tunesmith eval --model outputs/NAME/final --data held_out.jsonl; "
+                          "or give the training config to evaluate on its held-out rows")
+    cfg = inference_config(cfg, model_path, "eval")
     console = console or Console(stderr=True)
     start = time.perf_counter()
     label = label or ("base" if model_path is None else Path(model_path).name)
     model, tokenizer = load_for_inference(cfg, model_path)
-    encoder = PromptEncoder(cfg, tokenizer)
+    renderer = make_renderer(cfg.data, tokenizer, where=cfg.user_key("data.preprocessing_fn"))
     result: dict = {"label": label, "model": model_path or cfg.base_model}
 
-    prepared = prepared_eval(cfg)
-    if prepared is not None:
-        loss, tokens = token_loss(model, prepared, tokenizer.pad_token_id)
+    if data_file:
+        rows = file_rows(data_file, max_rows)
+        scored = training_rows(renderer, rows, data_file)
+    else:
+        scored, rows = prepared_eval(cfg), held_out_rows(cfg, max_rows)
+    if scored is not None:
+        loss, tokens = token_loss(model, scored, tokenizer.pad_token_id)
         result.update(eval_loss=round(loss, 4), perplexity=round(math.exp(min(loss, 50)), 3), eval_tokens=tokens)
 
-    rows = held_out_rows(cfg, max_rows)
     predictions = []
     if rows:
-        answers = generate(model, tokenizer, encoder, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        answers = generate(model, tokenizer, renderer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            show_progress=True)
         for i, (row, answer) in enumerate(zip(rows, answers)):
-            reference = encoder.reference(row, row.get(ROW, i)) or ""
+            reference = renderer.reference(row, row.get(ROW, i)) or ""
             predictions.append({"row": row.get(ROW, i), "reference": reference, "prediction": answer,
                                 "exact_match": exact_match(answer, reference), "rouge_l": round(rouge_l(answer, reference), 4)})
         result["exact_match"] = round(sum(p["exact_match"] for p in predictions) / len(predictions), 4)
@@ -51,7 +69,7 @@ def evaluate(cfg: Config, model_path: str | None = None, label: str | None = Non
         if all("choices" in r and "gold" in r for r in rows):
             correct = 0
             for row, pred in zip(rows, predictions):
-                scores = choice_scores(model, tokenizer, encoder, row)
+                scores = choice_scores(model, tokenizer, renderer, row)
                 pred["choice_logprobs"] = [round(s, 3) for s in scores]
                 pred["predicted_choice"] = max(range(len(scores)), key=scores.__getitem__)
                 pred["gold"] = row["gold"]
@@ -86,6 +104,29 @@ def held_out_rows(cfg: Config, max_rows: int | None) -> list[dict]:
     return [dict(r) for r in ds]
 
 
+def file_rows(path: str, max_rows: int | None) -> list[dict]:
+    if builder_for(path) is None:
+        raise ConfigError(f"--data {path}: cannot tell the file type from its name", "give a .jsonl, .json, .csv or .parquet file")
+    if not Path(path).is_file():
+        raise ConfigError(f"--data {path}: file not found", "relative paths start from the working directory")
+    ds = load_source(SourceConfig(data_files=path), "--data")
+    if max_rows is not None:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    return [dict(r) for r in ds]
+
+
+def training_rows(renderer: Renderer, rows: list[dict], source: str) -> list[dict]:
+    """The rows as training renders them (answers trained, EOS added), for the loss; not cut to a length."""
+    segments = []
+    for i, row in enumerate(rows):
+        if renderer.reference(row, i) is None:
+            raise DataError(f"--data {source}: row {i} has no answer to compare with",
+                            "eval scores each row's own answer (response, completion or the last assistant "
+                            "message); use `tunesmith generate` for prompts without answers")
+        segments.append(renderer.render(row, i, renderer.declared_format)[0])
+    return [{"input_ids": ids, "labels": labels} for ids, labels in encode_batch(segments, renderer.tokenizer, renderer.specials)]
+
+
 @torch.no_grad()
 def token_loss(model, ds, pad_id: int, batch_size: int = 8) -> tuple[float, int]:
     """Mean cross-entropy per trained token over a prepared split."""
@@ -103,11 +144,11 @@ def token_loss(model, ds, pad_id: int, batch_size: int = 8) -> tuple[float, int]
 
 
 @torch.no_grad()
-def choice_scores(model, tokenizer, encoder: PromptEncoder, row: dict) -> list[float]:
+def choice_scores(model, tokenizer, renderer: Renderer, row: dict) -> list[float]:
     """Sum of log-probabilities of each choice as the answer (its end-of-turn included)."""
-    example = encoder.example(row)
-    segments = [encoder.segments({**example, "response": str(choice)}) for choice in row["choices"]]
-    encoded = encode_batch(segments, tokenizer, encoder.specials)
+    example = renderer.example(row, 0, renderer.declared_format, prompt=True)
+    segments = [renderer.segments({**example, "response": str(choice)}) for choice in row["choices"]]
+    encoded = encode_batch(segments, tokenizer, renderer.specials)
     batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": labels} for ids, labels in encoded])
     device = next(model.parameters()).device
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.float()

@@ -5,13 +5,10 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from tunesmith.config.schema import Config
-from tunesmith.data.tokenize import load_tokenizer
 from tunesmith.errors import ModelError
-from tunesmith.modelref import local_model
-from tunesmith.train.model import resolve_dtype
+from tunesmith.hf import load_causal_lm, load_tokenizer
 
 
 def load_for_inference(cfg: Config, model_path: str | None = None):
@@ -22,12 +19,12 @@ def load_for_inference(cfg: Config, model_path: str | None = None):
     adapter = Path(ref) / "adapter_config.json"
     if adapter.is_file():
         base_ref = base_of_adapter(Path(ref), cfg)
-        base = _load(base_ref, cfg)
+        base = load_causal_lm(base_ref, cfg.model.dtype, cfg.model.trust_remote_code)
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(base, ref)
     else:
-        model = _load(ref, cfg)
+        model = load_causal_lm(ref, cfg.model.dtype, cfg.model.trust_remote_code)
     tok_ref = ref if (Path(ref) / "tokenizer_config.json").is_file() else (cfg.tokenizer or cfg.base_model)
     tokenizer = load_tokenizer(tok_ref, cfg.model.trust_remote_code)
     model.eval()
@@ -41,11 +38,3 @@ def base_of_adapter(folder: Path, cfg: Config) -> str:
     if recorded.is_file():
         return recorded.read_text().strip()
     return json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or cfg.base_model
-
-
-def _load(ref: str, cfg: Config):
-    try:
-        return AutoModelForCausalLM.from_pretrained(local_model(ref), dtype=resolve_dtype(cfg.model.dtype),
-                                                    trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model {ref!r}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 from tunesmith.config.schema import Config
+from tunesmith.hf import IGNORE
 
-IGNORE = -100
 SECRET_KEY = re.compile(r"token|secret|password|passwd|api[_-]?key|auth|credential|private[_-]?key", re.I)
 MASK = "***"
 

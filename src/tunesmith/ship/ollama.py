@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import ConfigError
-from tunesmith.infer.generate import PromptEncoder
+from tunesmith.data.render import make_renderer
 
 SYSTEM, PROMPT, ANSWER = "\x00system\x00", "\x00prompt\x00", "\x00answer-text\x00"
 
@@ -22,15 +22,15 @@ SYSTEM, PROMPT, ANSWER = "\x00system\x00", "\x00prompt\x00", "\x00answer-text\x0
 def prompt_parts(cfg: Config, tokenizer, system: str | None) -> tuple[str, str]:
     """(text before the answer, text after it) for one example rendered as in training."""
     prompt = cfg.data.prompt.model_copy(update={"system_message": system})
-    encoder = PromptEncoder(cfg.model_copy(update={"data": cfg.data.model_copy(update={"prompt": prompt})}), tokenizer)
-    segments = encoder.segments({"kind": "input", "input": PROMPT, "contexts": [], "response": ANSWER})
+    renderer = make_renderer(cfg.data.model_copy(update={"prompt": prompt}), tokenizer, preprocessing=False)
+    segments = renderer.segments({"kind": "input", "input": PROMPT, "contexts": [], "response": ANSWER})
     text = "".join(t for t, _ in segments)
     before, found, after = text.partition(ANSWER)
     if not found or PROMPT not in before:
         raise ConfigError("ollama export: the prompt format does not place the input and answer verbatim",
                           "write a Modelfile TEMPLATE by hand for this format")
-    if encoder.specials.adds_bos and before.startswith(encoder.specials.bos_text):
-        before = before[len(encoder.specials.bos_text):]  # llama.cpp adds BOS itself (add_bos_token)
+    if renderer.specials.adds_bos and before.startswith(renderer.specials.bos_text):
+        before = before[len(renderer.specials.bos_text):]  # llama.cpp adds BOS itself (add_bos_token)
     return before, after
 
 
@@ -56,8 +56,8 @@ def modelfile_template(cfg: Config, tokenizer) -> tuple[str, str]:
 
 
 def stop_strings(cfg: Config, tokenizer, closing: str) -> list[str]:
-    encoder_stops = PromptEncoder(cfg, tokenizer).stop_strings
-    stops = [*encoder_stops, closing.strip(), tokenizer.eos_token or ""]
+    format_stops = make_renderer(cfg.data, tokenizer, preprocessing=False).stop_strings
+    stops = [*format_stops, closing.strip(), tokenizer.eos_token or ""]
     return list(dict.fromkeys(s for s in stops if s))
 
 

@@ -1,4 +1,4 @@
-"""What a run leaves behind: final/, merged/, loss.png, run_config.yaml, summary.json, and an upload."""
+"""What a run leaves behind: final/, merged/ (with the prompt settings), loss.png, run_config.yaml, summary.json, and an upload."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 import yaml
-from transformers import GenerationConfig
 
 from tunesmith.config.schema import Config
+from tunesmith.data.prompt_settings import PROMPT_FILE, settings_text
 from tunesmith.errors import ConfigError
+from tunesmith.hf import complete_folder, save_folder
 from tunesmith.train.distributed import barrier, is_distributed, is_main_process
 from tunesmith.train.metrics import read_metrics
 
@@ -27,7 +28,7 @@ def save_final(trainer, tokenizer, out: Path, cfg: Config) -> Path:
     if is_main_process():
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of every training setting, tokens included
         extra = {"tunesmith_base_model.txt": cfg.base_model + "\n"} if cfg.model.method in ("lora", "qlora") else {}
-        complete_folder(tmp, target, trainer.model, tokenizer, extra)
+        complete_folder(tmp, target, trainer.model, tokenizer, {**extra, **model_files(cfg)})
     barrier()
     return target
 
@@ -37,7 +38,7 @@ def save_merged(trainer, tokenizer, out: Path, cfg: Config) -> Path:
     weights in memory may be shards, so the main process merges the saved adapter instead."""
     target = out / "merged"
     if not is_distributed():
-        return save_folder(trainer.model.merge_and_unload(), tokenizer, target)
+        return save_folder(trainer.model.merge_and_unload(), tokenizer, target, model_files(cfg))
     if is_main_process():
         from tunesmith.infer.merge import merge
 
@@ -46,34 +47,10 @@ def save_merged(trainer, tokenizer, out: Path, cfg: Config) -> Path:
     return target
 
 
-def generation_config(model, tokenizer) -> GenerationConfig:
-    gc = GenerationConfig.from_model_config(model.config) if model.generation_config is None else model.generation_config
-    gc = GenerationConfig(**{k: v for k, v in gc.to_dict().items() if not k.startswith("_")})
-    gc.eos_token_id = tokenizer.eos_token_id
-    gc.pad_token_id = tokenizer.pad_token_id
-    gc.bos_token_id = tokenizer.bos_token_id
-    return gc
-
-
-def save_folder(model, tokenizer, target: Path, extra: dict[str, str] | None = None) -> Path:
-    """Model, tokenizer and generation config into `target`, written beside it and renamed when complete."""
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    return complete_folder(tmp, target, model, tokenizer, extra)
-
-
-def complete_folder(tmp: Path, target: Path, model, tokenizer, extra: dict[str, str] | None = None) -> Path:
-    """Add the tokenizer, generation config and extra files to the weights in `tmp`, then put it in
-    place of `target`."""
-    tokenizer.save_pretrained(tmp)
-    generation_config(model, tokenizer).save_pretrained(tmp)
-    for name, text in (extra or {}).items():
-        (tmp / name).write_text(text)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+def model_files(cfg: Config) -> dict[str, str]:
+    """What every model folder of a run carries besides weights and tokenizer: the prompt settings,
+    so eval, generate and chat prompt the model as it was trained without the config."""
+    return {PROMPT_FILE: settings_text(cfg.data)}
 
 
 def write_run_config(cfg: Config, out: Path) -> None:

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
+from tunesmith.hf import IGNORE
 from tunesmith.train.chunked_ce import CHUNK, linear_cross_entropy_sum
 from tunesmith.train.model import base_causal_lm
 
-IGNORE = -100
 # Architectures whose logits are exactly lm_head(last_hidden_state): no soft-capping or scaling.
 SELECTIVE_OK = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
 

@@ -1,28 +1,16 @@
 """Base model (Hub id, folder or .gguf) + the method: full fine-tuning, LoRA, or QLoRA."""
 from __future__ import annotations
 
-import copy
-
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import is_flash_attn_2_available
 
 from tunesmith.config.schema import Config
 from tunesmith.errors import ModelError
+from tunesmith.hf import resolve_dtype
 from tunesmith.modelref import local_model
 from tunesmith.train.distributed import local_rank
 from tunesmith.translate_errors import lora_target_error, model_load_error
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """`auto`: bf16 on a GPU that supports it, else fp32 weights (CPU bf16 is autocast, see arguments.py)."""
-    if name != "auto":
-        return DTYPES[name]
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 def resolve_attn_implementation(name: str, dtype: torch.dtype, cuda: bool | None = None,
@@ -58,22 +46,6 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
 def base_causal_lm(model):
     """The *ForCausalLM inside a PEFT wrapper, or the model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def dequantized_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
-    """The same architecture and weights as a plain model (no quantization_config). transformers
-    dequantizes GGUF on load but marks the model quantized, so Trainer and save_pretrained refuse it."""
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
-    real_missing = [k for k in missing if k not in getattr(plain, "_tied_weights_keys", {}) and "lm_head" not in k]
-    if real_missing or unexpected:
-        raise ModelError(f"GGUF weights do not fit the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
-    plain.tie_weights()
-    plain.generation_config = model.generation_config
-    return plain
 
 
 def _bnb_config(bits: int, compute_dtype: torch.dtype):

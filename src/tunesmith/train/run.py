@@ -16,9 +16,9 @@ from transformers import EarlyStoppingCallback, Trainer, set_seed
 from tunesmith.config.schema import Config
 from tunesmith.data.identity import same_tokenizer, tokenizer_identity
 from tunesmith.data.prepare import load_prepared
-from tunesmith.data.tokenize import load_tokenizer
 from tunesmith.data.write import read_meta
 from tunesmith.errors import ModelError
+from tunesmith.hf import load_tokenizer
 from tunesmith.ship.card import write_card
 from tunesmith.train import artifacts
 from tunesmith.train.attention import supports_varlen, use_plain_sdpa, use_varlen_sdpa

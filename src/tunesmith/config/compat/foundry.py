@@ -16,6 +16,7 @@ import torch
 
 from tunesmith.config.compat import foundry_rules as rules
 from tunesmith.config.compat.interpolate import interpolate
+from tunesmith.config.dotted import set_dotted
 from tunesmith.config.schema import builder_for
 from tunesmith.errors import ConfigError
 
@@ -51,7 +52,7 @@ def translate(raw: dict[str, Any], overrides: list[tuple[str, Any]], cwd: Path, 
     notes: list[str] = []
     original = _quiet_interpolate(raw)  # before overrides: what the file itself names
     for key, value in overrides:
-        _set(raw, key, value)
+        set_dotted(raw, key, value)
         notes.append(f"override {key}={value!r}")
     cfg = interpolate(raw, notes)
     _check_keys(cfg, notes)
@@ -432,12 +433,6 @@ def _section(cfg: dict, key: str, required: bool = False) -> dict:
     if value is not None and not isinstance(value, dict):
         raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
     return value or {}
-
-
-def _set(raw: dict, key: str, value: Any) -> None:
-    from tunesmith.config.load import set_dotted  # load.py imports this module lazily
-
-    set_dotted(raw, key, value)
 
 
 # Error messages name the keys the user wrote, not the translated ones.

@@ -1,0 +1,118 @@
+"""One rendering path: a row (any format the data step reads) -> normalized example -> turns ->
+text segments (text, trained?) -> token ids.
+
+Prep, preview and check render training rows with it (rows.py adds batching, the length policy
+and the status columns); eval, generate, chat and the Ollama export render prompts with it. A
+prompt is the training row's text up to the answer, tokenized segment by segment as in training,
+so the model is prompted with exactly the ids it learned to continue.
+
+What a Renderer reads from its DataConfig is the prompt settings (prompt_settings.RENDER_KEYS),
+which are saved with a trained model: it renders the same with the config or without it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from transformers import PreTrainedTokenizerBase
+
+from tunesmith.config.schema import DataConfig, PromptFormatConfig
+from tunesmith.data.chat_template import check_has_template, render_with_template
+from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
+from tunesmith.data.prompts import CHAT_TEMPLATE, Segment, example_to_turns, render_turns, resolve_format, select_trained
+from tunesmith.data.sources import import_callable
+from tunesmith.data.tokenize import Specials, encode_batch, specials_of
+
+PLACEHOLDER = "\x00answer\x00"  # stands in for a prompt's missing answer; only the text before it is used
+
+
+@dataclass
+class Renderer:
+    """Everything rendering needs, checked once (make_renderer); rows.py adds batches and status columns."""
+
+    data: DataConfig
+    tokenizer: PreTrainedTokenizerBase
+    specials: Specials
+    fmt: PromptFormatConfig | str  # resolved ({bos}/{eos} filled), or CHAT_TEMPLATE
+    preprocess: Callable | None = None
+
+    def example(self, row: dict[str, Any], index: int = 0, row_format: str = "", prompt: bool = False) -> dict:
+        """A raw row -> its normalized example (raises DataError naming the row when malformed).
+        `row_format` "" detects the format from the row; `prompt`: the row may lack its answer."""
+        if self.preprocess is not None:
+            row = apply_preprocessing(row, self.preprocess, self.data.preprocessing_fn, index)
+        row = rename_columns(row, self.data.columns)
+        if prompt:
+            row = with_answer_placeholder(row)
+        return normalize(row, row_format or detect_format([k for k, v in row.items() if v is not None]), index)
+
+    def segments(self, example: dict, index: int = 0, train_on_prompt: bool = False) -> list[Segment]:
+        turns = select_trained(example_to_turns(example, self.data.prompt), self.data.assistant_turns)
+        if self.fmt == CHAT_TEMPLATE:
+            return render_with_template(turns, self.tokenizer, train_on_prompt, index)
+        return render_turns(turns, self.fmt, train_on_prompt)
+
+    def render(self, row: dict[str, Any], index: int, row_format: str = "") -> tuple[list[Segment], int]:
+        """A training row -> (segments, trailing turns removed)."""
+        example = self.example(row, index, row_format)
+        return self.segments(example, index, self.data.train_on_prompt), example.get("trailing_removed", 0)
+
+    def prompt(self, row: dict[str, Any], index: int = 0) -> tuple[list[int], str | None]:
+        """A row -> (the ids generation starts from, the row's own answer or None)."""
+        example = self.example(row, index, self.declared_format, prompt=True)
+        segments = self.segments(example, index)  # the prompt is never trained, so it ends where the answer starts
+        last_trained = max(i for i, (_, trained) in enumerate(segments) if trained)
+        # No EOS: the answer follows.
+        (ids, _), = encode_batch([segments[:last_trained]], self.tokenizer, self.specials, end_with_eos=False)
+        return ids, answer_of(example)
+
+    def reference(self, row: dict[str, Any], index: int = 0) -> str | None:
+        """The row's expected answer (None when it has none), without tokenizing anything."""
+        return answer_of(self.example(row, index, self.declared_format, prompt=True))
+
+    def typed_row(self, text: str) -> dict:
+        """A prompt typed as plain text -> the row it stands for (a user turn in chat formats)."""
+        chat = self.data.prompt_format == CHAT_TEMPLATE or self.data.format == "chat"
+        return {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+
+    def without_preprocessing(self) -> Renderer:
+        """For text that is already a prompt (typed lines, chat): the preprocessing function reads raw rows."""
+        return replace(self, preprocess=None)
+
+    @property
+    def declared_format(self) -> str:
+        return "" if self.data.format == "auto" else self.data.format
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [] if isinstance(self.fmt, str) else [s for s in self.fmt.stop if s]
+
+
+def make_renderer(data: DataConfig, tokenizer: PreTrainedTokenizerBase, preprocessing: bool = True,
+                  where: str = "data.preprocessing_fn") -> Renderer:
+    """What rendering needs, checked up front: the format, the chat template, the preprocessing function."""
+    specials = specials_of(tokenizer)
+    fmt = resolve_format(data.prompt_format, specials.bos_text, specials.eos_text)
+    if fmt == CHAT_TEMPLATE:
+        check_has_template(tokenizer)
+    preprocess = import_callable(data.preprocessing_fn, where) if preprocessing and data.preprocessing_fn else None
+    return Renderer(data, tokenizer, specials, fmt, preprocess)
+
+
+def with_answer_placeholder(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without its answer (a prompt) made whole, so it renders like a training row."""
+    if "messages" in row and row["messages"] and row["messages"][-1]["role"] != "assistant":
+        row = {**row, "messages": [*row["messages"], {"role": "assistant", "content": PLACEHOLDER}]}
+    for key in ("response", "completion"):
+        if key in row and not row[key]:
+            row = {**row, key: PLACEHOLDER}
+    if "prompt" in row and not any(k in row for k in ("response", "completion")):
+        row = {**row, "response": PLACEHOLDER}
+    if "input" in row and "response" not in row:
+        row = {**row, "response": PLACEHOLDER}
+    return row
+
+
+def answer_of(example: dict) -> str | None:
+    answer = example["response"] if example["kind"] == "input" else example["messages"][-1]["content"]
+    return None if answer == PLACEHOLDER else answer
