@@ -243,3 +243,48 @@ def test_a_custom_compute_loss_func_is_refused_with_the_loss_at_trained_position
     use_trained_positions_loss(model, TrainedPositionsLoss(label_smoothing=0.1))
     trainer = TunesmithTrainer(model=model, args=args)
     assert trainer.label_smoother is None  # the loss smooths; the Trainer's smoother would bypass it
+
+
+def test_the_trainers_loss_keeps_packed_examples_apart_for_models_on_their_own_loss(tmp_path):
+    # With a KV cache, transformers ignores the position restarts of a packed row. The Trainer
+    # sets config.use_cache from training.use_cache (default false); the loss runs without a
+    # cache even when a user sets it true.
+    from transformers import TrainingArguments
+
+    from tunesmith.train.trainer import TunesmithTrainer
+
+    model = tiny_model("llama")  # as with model.loss: model and no speed-ups: its own forward and loss
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", use_cache=True)
+    trainer = TunesmithTrainer(model=model, args=args)
+    rows, one = examples(), torch.tensor(1)
+    packed = trainer.compute_loss(model, packed_batch(rows, varlen=False), num_items_in_batch=one)
+    alone = sum(trainer.compute_loss(model, {"input_ids": torch.tensor([r]), "labels": torch.tensor([[IGNORE] + r[1:]])},
+                                     num_items_in_batch=one) for r in rows)
+    assert torch.allclose(packed, alone, rtol=1e-5)
+    leaky = model(**packed_batch(rows, varlen=False), num_items_in_batch=one).loss  # config.use_cache: a cache
+    assert not torch.allclose(leaky, alone, rtol=1e-3)
+
+
+def one_step(tmp_path, base, model=None, **training):
+    """One SGD step through the CLI: (final weights, summary.json, the logged loss)."""
+    import json
+
+    from test_train import setup_run
+    from tunesmith.cli import main
+
+    cfg = setup_run(tmp_path, base, model=model, training={"max_steps": 1, "optim": "sgd", "learning_rate": 0.5,
+                                                           "bf16": False, "max_grad_norm": 1e9, "logging_steps": 1, **training})
+    assert main(["run", str(cfg)]) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    return AutoModelForCausalLM.from_pretrained(out / "final").state_dict(), summary, summary["first_loss"]
+
+
+def test_label_smoothing_trains_the_same_on_either_loss(tmp_path, tiny_llama):
+    fast, fast_summary, fast_loss = one_step(tmp_path / "a", tiny_llama, label_smoothing_factor=0.5)
+    own, own_summary, own_loss = one_step(tmp_path / "b", tiny_llama, model={"loss": "model"}, label_smoothing_factor=0.5)
+    _, _, unsmoothed_loss = one_step(tmp_path / "c", tiny_llama)
+    assert fast_summary["loss"] == "trained_positions" and own_summary["loss"] == "model"
+    assert fast_summary["label_smoothing"] == 0.5
+    assert abs(fast_loss - own_loss) < 1e-5 and abs(fast_loss - unsmoothed_loss) > 1e-3
+    assert max((fast[k] - own[k]).abs().max().item() for k in fast) < 1e-5

@@ -5,7 +5,8 @@
 - the options the Trainer applies to the loss are honoured by that loss or refused here: label
   smoothing is computed by the loss component (the Trainer's LabelSmoother would pop the labels
   and run the model's full-logits forward instead); a custom `compute_loss_func` is refused;
-- no KV cache in the loss's forward, so packed examples stay apart for every model;
+- no KV cache in the loss's forward (even with training.use_cache: true), so packed examples
+  stay apart for every model;
 - tokens are counted from the batches each process trains on and summed over processes at
   each log: trained tokens from the labels, real tokens from the count the collator puts in the
   batch (a tensor that travels with it, so dataloader worker processes count right; no counter
@@ -64,8 +65,9 @@ class TunesmithTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # No KV cache in a loss: with one, transformers ignores the position restarts of packed and
-        # padding-free rows, and their examples see each other (the model's own forward makes one
-        # by default, in training too). The loss at trained positions turns it off itself.
+        # padding-free rows, and their examples see each other. The Trainer sets config.use_cache
+        # from training.use_cache; this holds even when that is true. (The loss at trained positions
+        # turns it off itself.)
         inputs = {**inputs, "use_cache": False}
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
