@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -41,6 +41,12 @@ class SpeedupsConfig(_Strict):
     swiglu: SpeedupSwitch = Field(
         "auto", description="the MLP's silu(gate) * up recomputes silu(gate) in backward instead of keeping it; auto "
                             "for SiLU-gated MLPs (gate_proj/up_proj or gate_up_proj) unless Liger's SwiGLU runs")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML reads a bare `off` as false (and `on` as true): `swiglu: off` must still mean "off".
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
 
 class ModelConfig(_Strict):

@@ -49,6 +49,7 @@ class Speedup:
     switch: str  # the config key that turns it off
     unsupported: Callable[[object, Setup], str | None]  # why it does not apply to this model; None if it does
     apply: Callable[[object, Setup], None]
+    ours: bool = True  # tunesmith's own patch of transformers internals (Liger checks its own versions)
 
 
 def _loss_apply(model, setup: Setup) -> None:
@@ -87,7 +88,7 @@ REGISTRY: tuple[Speedup, ...] = (
             "at trained positions only, a chunk at a time (loss.py, chunked_ce.py)", "model.loss",
             lambda model, setup: loss.trained_positions_unsupported(model), _loss_apply),
     Speedup("liger", "RMSNorm, the SwiGLU MLP and RoPE by Liger's Triton kernels (the Trainer applies them)",
-            "model.speedups.liger", _liger_unsupported, _liger_apply),
+            "model.speedups.liger", _liger_unsupported, _liger_apply, ours=False),
     Speedup("varlen_attention", "sdpa over a whole packed row with a block mask: causal sdpa per example "
             "(attention.py; flash-attention reads the same boundaries)", "model.speedups.varlen_attention",
             lambda model, setup: attention.varlen_unsupported(model), _varlen_apply),
@@ -100,6 +101,9 @@ REGISTRY: tuple[Speedup, ...] = (
 )
 
 # (kept, dropped): both replace the same modules' forward; the first, when applied, wins.
+# Not a clash: norm_casts with Liger's RMSNorm (Liger rebinds the norm's forward, the cast hook
+# stays and casts its output), and Liger's cross-entropy, which _liger_apply turns off while the
+# loss at trained positions runs.
 CLASHES = {
     ("liger", "swiglu"): "Liger's SwiGLU kernel replaces these MLPs' forward (it recomputes silu in backward too)",
 }
@@ -151,10 +155,10 @@ def apply_speedups(model, model_cfg, args, user_training: dict, version: str | N
     setup, chosen, skipped = Setup(args, user_training), modes(model_cfg), {}
     out_of_range = transformers_out_of_range(version)
     if out_of_range:
-        _warn(f"{out_of_range}: tunesmith's speed-ups are off")
+        _warn(f"{out_of_range}: tunesmith's own speed-ups are off")
     for entry in REGISTRY:
         mode = chosen[entry.name]
-        why = f"off in the config ({entry.switch})" if mode == "off" else out_of_range
+        why = f"off in the config ({entry.switch})" if mode == "off" else (out_of_range if entry.ours else None)
         why = why or next((reason for (kept, dropped), reason in CLASHES.items()
                            if dropped == entry.name and kept in setup.applied), None)
         try:
