@@ -163,6 +163,14 @@ def test_each_speedup_is_switched_off_by_its_key():
     assert with_speedups(tiny_model("llama"), cfg)[1].applied == ["trained_positions_loss", "varlen_attention", "norm_casts"]
 
 
+def test_every_entry_has_its_switch_in_the_config():
+    from tunesmith.config.train_schema import SpeedupsConfig
+
+    switches = {s.switch for s in REGISTRY}
+    assert switches == {"model.loss"} | {f"model.speedups.{name}" for name in SpeedupsConfig.model_fields}
+    assert all(s.replaces and s.name == s.switch.rsplit(".", 1)[-1] for s in REGISTRY if s.switch != "model.loss")
+
+
 def test_the_loss_at_trained_positions_asked_for_where_it_cannot_apply_is_refused():
     with pytest.raises(ConfigError, match="model.loss: trained_positions_loss does not apply .*final_logit_softcapping"):
         with_speedups(tiny_model("gemma2"), ModelConfig(loss="trained_positions"))

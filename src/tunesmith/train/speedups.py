@@ -145,7 +145,7 @@ def _warn(text: str) -> None:
 
 def modes(model_cfg) -> dict[str, str]:
     """name -> auto | off | on (on: must apply, else the run is refused)."""
-    chosen = {name: getattr(model_cfg.speedups, name) for name in ("liger", "varlen_attention", "norm_casts", "swiglu")}
+    chosen = {e.name: getattr(model_cfg.speedups, e.name) for e in REGISTRY if e.switch.startswith("model.speedups.")}
     chosen["trained_positions_loss"] = {"auto": "auto", "model": "off", "trained_positions": "on"}[model_cfg.loss]
     return chosen
 
