@@ -297,3 +297,25 @@ def test_label_smoothing_trains_the_same_on_either_loss(tmp_path, tiny_llama):
     assert fast_summary["label_smoothing"] == 0.5
     assert abs(fast_loss - own_loss) < 1e-5 and abs(fast_loss - unsmoothed_loss) > 1e-3
     assert max((fast[k] - own[k]).abs().max().item() for k in fast) < 1e-5
+
+
+def test_the_logits_check_catches_a_change_no_config_key_names_and_skips_the_decoder():
+    from transformers import LlamaForCausalLM
+
+    from tunesmith.train.loss import trained_positions_unsupported
+
+    class ScaledLogits(LlamaForCausalLM):  # a remote-code style model: scales its logits in the forward
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2
+            return out
+
+    plain = tiny_model("llama")
+    calls = []
+    plain.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    assert trained_positions_unsupported(plain) is None
+    assert calls == []  # the check ran lm_head only, on a stand-in for the decoder's output
+    assert "forward" not in vars(plain.model)  # and put the decoder's forward back
+    torch.manual_seed(0)
+    scaled = ScaledLogits(plain.config)
+    assert trained_positions_unsupported(scaled) == "the logits are changed after lm_head (soft-capping or scaling)"

@@ -24,8 +24,8 @@ What the Trainer would otherwise do to the loss is honoured here or refused at s
 the labels and bypass it), and a custom `compute_loss_func` is refused (trainer.py).
 
 It applies where the model's logits are exactly lm_head(model(...).last_hidden_state): no
-soft-capping (Gemma 2/3), no scaling (Granite, Cohere). That is checked by running the model once
-on two tokens at start and comparing its logits with lm_head's output on its decoder's output.
+soft-capping (Gemma 2/3), no scaling (Granite, Cohere). That is checked at start by running the
+model's forward once on a stand-in decoder output and comparing its logits with lm_head's output.
 """
 from __future__ import annotations
 
@@ -91,26 +91,34 @@ def trained_positions_unsupported(model) -> str | None:
 
 
 def _probe_logits(lm) -> str | None:
-    """Run the model on two tokens; the logits must be lm_head of the decoder's output, unchanged."""
+    """Run the *ForCausalLM forward on a stand-in decoder output (the decoder itself is skipped, so
+    this costs one lm_head on two positions whatever the model's size): the logits must be
+    lm_head's output on that hidden state, unchanged."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    head = lm.lm_head
+    width = getattr(head, "in_features", None) or lm.config.hidden_size
+    generator = torch.Generator().manual_seed(0)  # the run's random state is not touched
+    hidden = torch.randn(1, 2, width, generator=generator).to(head.weight.device, head.weight.dtype)
     seen = {}
-    hooks = [lm.model.register_forward_hook(lambda m, a, out: seen.__setitem__("hidden", out[0])),
-             lm.lm_head.register_forward_hook(lambda m, a, out: seen.__setitem__("head", (a[0], out)))]
-    was_training = lm.training
-    lm.eval()  # no dropout: the probe draws no random numbers
+    hook = head.register_forward_hook(lambda m, args, out: seen.__setitem__("head", (args[0], out)))
+    own_forward = lm.model.__dict__.get("forward")  # an instance-level forward (e.g. accelerate's hook) to restore
+    lm.model.forward = lambda *args, **kwargs: BaseModelOutputWithPast(last_hidden_state=hidden)
     try:
         with torch.no_grad():
-            ids = torch.tensor([[0, 1]], device=lm.lm_head.weight.device)
-            logits = lm(input_ids=ids, use_cache=False).logits
+            logits = lm(input_ids=torch.zeros(1, 2, dtype=torch.long, device=head.weight.device), use_cache=False).logits
     except Exception as e:  # a model this check cannot run: keep its own loss, and say why
-        return f"the check run of the model failed ({type(e).__name__}: {e})"
+        return f"the check run of the model's forward failed ({type(e).__name__}: {e})"
     finally:
-        for h in hooks:
-            h.remove()
-        lm.train(was_training)
-    if "head" not in seen or "hidden" not in seen:
-        return "the forward does not call lm_head on the decoder's output"
+        hook.remove()
+        if own_forward is None:
+            del lm.model.forward
+        else:
+            lm.model.forward = own_forward
+    if "head" not in seen:
+        return "the forward does not call lm_head"
     head_in, head_out = seen["head"]
-    if not torch.equal(head_in, seen["hidden"]):
+    if not torch.equal(head_in, hidden):
         return "lm_head does not read the decoder's last hidden state unchanged"
     if not torch.equal(logits, head_out.to(logits.dtype)):  # an upcast alone changes nothing the loss computes
         keys = [k for k in LOGIT_CHANGING_KEYS if getattr(lm.config, k, None) not in (None, 1, 1.0)]
