@@ -19,7 +19,7 @@ from transformers.trainer_pt_utils import LabelSmoother
 
 from tunesmith.config.train_schema import ModelConfig
 from tunesmith.errors import ConfigError
-from tunesmith.train.collate import PadCollator, concatenate
+from tunesmith.train.collate import PadCollator
 from tunesmith.train.loss import TrainedPositionsLoss, use_trained_positions_loss
 from tunesmith.train.speedups import REGISTRY, apply_speedups
 
