@@ -40,8 +40,8 @@ from tunesmith.train.chunked_ce import linear_cross_entropy_sum, per_token_cross
 from tunesmith.train.model import base_causal_lm
 
 IGNORE = -100
-LOSS_CHOICES = ("auto", "trained_positions", "model")
-# Config keys that change the logits after lm_head; named in the reason when the probe cannot run.
+# Config keys that change the logits after lm_head: named in the reason (and the only check where
+# the weights are not materialised, e.g. ZeRO-3 at load time).
 LOGIT_CHANGING_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
