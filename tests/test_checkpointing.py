@@ -1,20 +1,19 @@
 """Activation (gradient) checkpointing together with every tunesmith speed-up: the trained-positions
 loss in the forward, the shared norm casts, the MLP that recomputes silu, attention per example
 on padding-free rows. Recomputing a block must give the loss and gradients of keeping it."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from test_train import first_update
 from tunesmith.config.schema import Config
-from tunesmith.train.attention import use_varlen_sdpa
-from tunesmith.train.autocast import share_norm_casts
+from tunesmith.hf import IGNORE
 from tunesmith.train.collate import PadCollator
-from tunesmith.train.loss import use_trained_positions_loss
 from tunesmith.train.model import add_lora
-from tunesmith.train.swiglu import use_memory_saving_swiglu
+from tunesmith.train.speedups import apply_speedups
 
-IGNORE = -100
 
 
 def rows_of_different_lengths() -> list[dict]:
@@ -27,14 +26,15 @@ def rows_of_different_lengths() -> list[dict]:
 
 
 def with_speedups(tiny_llama, method: str):
-    """The model as train/run.py sets it up: every speed-up installed."""
+    """The model as train/run.py sets it up: every speed-up of the registry that applies (all but Liger)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    cfg = Config.model_validate({"base_model": str(tiny_llama), "data": {"train": {"data_files": "x.jsonl"}}})
     if method == "lora":
-        cfg = Config.model_validate({"base_model": str(tiny_llama), "data": {"train": {"data_files": "x.jsonl"}}})
         model = add_lora(model, cfg)
-    assert use_trained_positions_loss(model)
-    assert share_norm_casts(model) and use_memory_saving_swiglu(model)
-    use_varlen_sdpa(model)
+    args = SimpleNamespace(use_liger_kernel=False, liger_kernel_config=None, label_smoothing_factor=0.0,
+                           ddp_find_unused_parameters=None)
+    report = apply_speedups(model, cfg.model, args, {})
+    assert report.applied == ["trained_positions_loss", "varlen_attention", "norm_casts", "swiglu"]
     return model.train()
 
 

@@ -70,3 +70,22 @@ def test_fp32_inputs_project_straight_into_the_fp32_logits():
     assert torch.allclose(loss.double(), want, rtol=1e-5)
     assert torch.allclose(hidden.grad.double(), h64.grad, atol=1e-4)
     assert torch.allclose(weight.grad.double(), w64.grad, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [2048, 16])
+def test_label_smoothing_matches_torch_cross_entropy_over_uneven_chunks(group):
+    from tunesmith.train.chunked_ce import per_token_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    want = F.cross_entropy(hidden @ weight.T, targets, reduction="sum", label_smoothing=0.2)
+    want_grads = torch.autograd.grad(want, (hidden, weight))
+    got = linear_cross_entropy_sum(hidden, weight, targets, chunk=8, group=group, label_smoothing=0.2)
+    got_grads = torch.autograd.grad(got, (hidden, weight))
+    assert torch.allclose(got, want.float(), rtol=1e-6)
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got_grads, want_grads))
+    per_token = per_token_cross_entropy(hidden.detach(), weight.detach(), targets, chunk=8, label_smoothing=0.2)
+    assert torch.allclose(per_token.double(), F.cross_entropy(hidden @ weight.T, targets, reduction="none",
+                                                              label_smoothing=0.2), atol=1e-5)

@@ -257,6 +257,22 @@ def test_auto_attention_on_cpu_trains_with_sdpa_and_liger_asked_for_without_gpu_
     assert main(["run", str(cfg_path)]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["attention"] == "sdpa" and summary["attention_per_example"] and summary["liger_kernels"] is False
+    # every speed-up the registry applied, and why the others were not
+    assert summary["speedups"]["applied"] == ["trained_positions_loss", "varlen_attention", "norm_casts", "swiglu"]
+    assert summary["speedups"]["skipped"] == {"liger": "needs a CUDA GPU"} and summary["loss"] == "trained_positions"
+
+
+def test_token_counts_are_the_same_with_dataloader_workers(tmp_path, tiny_llama):
+    """The counts come from the batches the Trainer receives, so collating in worker processes changes nothing."""
+    summaries = []
+    for workers in (0, 2):
+        cfg_path = setup_run(tmp_path / str(workers), tiny_llama, training={
+            "max_steps": 3, "per_device_train_batch_size": 2, "logging_steps": 1, "dataloader_num_workers": workers})
+        assert main(["run", str(cfg_path)]) == 0
+        summaries.append(json.loads((tmp_path / str(workers) / "out" / "summary.json").read_text()))
+    inline, workers = summaries
+    assert inline["trained_tokens"] > 0 and inline["tokens"] > inline["trained_tokens"]
+    assert (workers["trained_tokens"], workers["tokens"]) == (inline["trained_tokens"], inline["tokens"])
 
 
 def test_data_from_an_older_identity_record_is_accepted():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -21,6 +21,34 @@ class LoraConfig(_Strict):
     alpha: int = Field(32, gt=0, description="scaling: the update is multiplied by alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="layer names to adapt; default: every linear layer inside the transformer blocks (not lm_head or embeddings)")
+
+
+SpeedupSwitch = Literal["auto", "off"]
+
+
+class SpeedupsConfig(_Strict):
+    """tunesmith's speed-ups (train/speedups.py): `auto` applies each where the model's structure allows it."""
+
+    liger: SpeedupSwitch = Field(
+        "auto", description="Liger's Triton kernels for RMSNorm, the SwiGLU MLP and RoPE (training.use_liger_kernel): "
+                            "auto on a CUDA GPU with liger-kernel installed, for the model types Liger knows")
+    varlen_attention: SpeedupSwitch = Field(
+        "auto", description="attention per example on packed and padding-free rows (causal sdpa on each example "
+                            "instead of a block mask over the row); auto where the model hands attention kwargs "
+                            "down and attention is sdpa or flash-attention. Off also makes batching auto padded")
+    norm_casts: SpeedupSwitch = Field(
+        "auto", description="under bf16 autocast, one bf16 copy of each pre-attention and pre-MLP norm output shared "
+                            "by the linears that read it; auto for pre-norm blocks (input_layernorm and "
+                            "post_attention_layernorm only)")
+    swiglu: SpeedupSwitch = Field(
+        "auto", description="the MLP's silu(gate) * up recomputes silu(gate) in backward instead of keeping it; auto "
+                            "for SiLU-gated MLPs (gate_proj/up_proj or gate_up_proj) unless Liger's SwiGLU runs")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML reads a bare `off` as false (and `on` as true): `swiglu: off` must still mean "off".
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
 
 class ModelConfig(_Strict):
@@ -40,4 +68,11 @@ class ModelConfig(_Strict):
     early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without improvement before stopping")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a step whose loss or gradients are NaN/inf: stop naming it, or skip its update (counted)")
+    loss: Literal["auto", "trained_positions", "model"] = Field(
+        "auto", description="trained_positions: cross-entropy inside the model's forward at trained positions only, "
+                            "a chunk of positions at a time (less memory, faster; honours training.label_smoothing_factor; "
+                            "refused where the logits are not lm_head's output, e.g. soft-capped or scaled); model: the "
+                            "model's own loss on full-vocabulary logits; auto: trained_positions where it applies, else model")
+    speedups: SpeedupsConfig = Field(default_factory=SpeedupsConfig,
+                                     description="switch tunesmith's speed-ups off one by one (auto or off each)")
     upload_to: list[str] = Field(default_factory=list, description="fsspec URLs to copy the output folder to when training ends")

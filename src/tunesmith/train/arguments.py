@@ -67,10 +67,12 @@ def _liger_problems(requested, cuda: bool | None = None, installed: bool | None 
     return []
 
 
-def default_liger(cuda: bool | None = None, installed: bool | None = None) -> bool:
-    """Liger's fused kernels (RMSNorm, SwiGLU, RoPE) on a CUDA GPU when the package is installed;
-    the Trainer applies them to the model. tunesmith's own loss calls the decoder directly, so
-    Liger's fused linear cross-entropy only serves models that fall back to the model's loss."""
+def default_liger(cuda: bool | None = None, installed: bool | None = None, switch: str = "auto") -> bool:
+    """Liger's fused kernels (RMSNorm, SwiGLU, RoPE) on a CUDA GPU when the package is installed
+    and `model.speedups.liger` is not off; the Trainer applies them to the model. Which of them
+    run with tunesmith's own is settled in speedups.py (the registry), after the model is loaded."""
+    if switch == "off":
+        return False
     cuda = torch.cuda.is_available() if cuda is None else cuda
     return cuda and (is_liger_kernel_available() if installed is None else installed)
 
@@ -112,7 +114,7 @@ def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
         learning_rate=2e-4 if lora else 2e-5, warmup_steps=0, logging_steps=10,
         save_strategy="steps", save_steps=500, save_total_limit=2,
         eval_strategy="steps" if has_eval else "no", report_to="none",
-        bf16=default_bf16(), use_liger_kernel=default_liger(), use_cpu=not torch.cuda.is_available(), seed=cfg.data.seed, remove_unused_columns=False, dataloader_num_workers=0,
+        bf16=default_bf16(), use_liger_kernel=default_liger(switch=cfg.model.speedups.liger), use_cpu=not torch.cuda.is_available(), seed=cfg.data.seed, remove_unused_columns=False, dataloader_num_workers=0,
     )
     if has_eval:
         defaults["eval_steps"] = user.get("logging_steps", defaults["logging_steps"]) * 5
@@ -121,6 +123,9 @@ def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
             raise ConfigError("model.early_stopping_patience needs an eval set", "set data.eval or data.validation_split")
         defaults.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
         defaults["save_steps"] = user.get("eval_steps", defaults["eval_steps"])  # saves must line up with evals
+    if cfg.model.speedups.liger == "off" and user.get("use_liger_kernel") is True:
+        raise ConfigError("model.speedups.liger: off and training.use_liger_kernel: true ask for opposite things",
+                          "drop one of the two keys")
     merged = {**defaults, **user, "output_dir": str(Path(cfg.resolved_output_dir()) / "checkpoints")}
     _drop_offload_without_accelerator(merged)
     try:

@@ -8,28 +8,48 @@ same kwargs flash-attention's varlen kernel reads) and runs causal sdpa on each 
 same result, without the masked-out work. Calls without those kwargs (generation, padded
 batches, models that do not pass kwargs down) fall back to plain sdpa with transformers' mask,
 so isolation never depends on this function being reached.
+
+Whether a model gets it is decided by train/speedups.py from the model's own declaration
+(`is_backend_compatible()`: its layers hand their keyword arguments to the attention function).
+The transformers internals it builds on are imported here once; if they move, `IMPORT_ERROR`
+says why and the speed-up is skipped, while the boundaries (`segment_kwargs`) still work.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from tunesmith.train.model import base_causal_lm
 
+try:
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+except ImportError as e:  # a transformers release that moved them: this speed-up only is off
+    IMPORT_ERROR: ImportError | None = e
+else:
+    IMPORT_ERROR = None
+
 NAME = "sdpa_varlen"
-# Model types whose decoder passes attention kwargs down to the attention function (checked by
-# tests/test_pack.py for llama; the others share its code in this transformers version).
-VARLEN_OK = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
+# Implementations that split at the example boundaries: ours, and flash-attention's varlen kernels.
+PER_EXAMPLE = ("sdpa", NAME, "flash_attention_2", "flash_attention_3")
+
+
+def varlen_unsupported(model) -> str | None:
+    """Why segment kwargs would not reach this model's attention or be used there; None if they would."""
+    lm = base_causal_lm(model)
+    if not type(lm).is_backend_compatible():
+        return f"{type(lm).__name__} does not hand attention kwargs to the attention function"
+    if lm.config._attn_implementation not in PER_EXAMPLE:
+        return f"attention is {lm.config._attn_implementation}; per-example attention needs sdpa or flash-attention"
+    if lm.config._attn_implementation in ("sdpa", NAME) and IMPORT_ERROR is not None:
+        return f"transformers internals it needs are missing ({IMPORT_ERROR})"
+    return None
 
 
 def supports_varlen(model) -> bool:
     """True when segment kwargs reach this model's attention and its attention can use them."""
-    lm = base_causal_lm(model)
-    return (getattr(lm.config, "model_type", None) in VARLEN_OK
-            and lm.config._attn_implementation in ("sdpa", NAME, "flash_attention_2", "flash_attention_3"))
+    return varlen_unsupported(model) is None
 
 
 def use_varlen_sdpa(model) -> None:
@@ -59,7 +79,10 @@ def segment_kwargs(position_ids: torch.Tensor) -> dict:
 def sdpa_varlen_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                         **kwargs):
     cu = kwargs.get("cu_seq_lens_q")
-    if cu is None or query.shape[2] != key.shape[2]:
+    window = kwargs.get("sliding_window")
+    # An example longer than a sliding window needs the window's mask: transformers builds it.
+    too_long = window is not None and kwargs.get("max_length_q", query.shape[2]) > window
+    if cu is None or query.shape[2] != key.shape[2] or too_long:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     rows, heads, width, dim = query.shape
@@ -88,5 +111,6 @@ def attention_dtypes(device: str, value_dtype: torch.dtype) -> tuple[torch.dtype
     return out_dtype, (torch.float32 if device == "cpu" else out_dtype)
 
 
-AttentionInterface.register(NAME, sdpa_varlen_forward)
-ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+if IMPORT_ERROR is None:
+    AttentionInterface.register(NAME, sdpa_varlen_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)

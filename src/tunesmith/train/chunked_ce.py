@@ -6,6 +6,10 @@ for 2,500 trained positions of a 49k vocabulary. Here the forward pass computes 
 both gradients chunk by chunk (the idea of Liger's fused linear cross-entropy, in plain torch so
 it runs on a CPU), so only one chunk of logits ever exists. Same matmuls, same numerics: the
 projection runs in the autocast dtype like lm_head would, softmax in fp32.
+
+With label smoothing e the target is (1 - e) on the label and e spread evenly over the
+vocabulary (the Trainer's LabelSmoother): the loss of a position is
+logsumexp - (1 - e) * logit[target] - e * mean(logits), its gradient softmax - (1 - e) * onehot - e / V.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ def release_buffers() -> None:
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
-                group: int) -> torch.Tensor:
+                group: int, smoothing: float = 0.0) -> torch.Tensor:
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
         h_all, w = hidden.to(dtype), weight.to(dtype)
         want_weight_grad = ctx.needs_input_grad[1]
@@ -71,11 +75,15 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 # loss = logsumexp - logit of the target; gradient = softmax - one_hot(target)
                 top = logits.amax(dim=-1, keepdim=True)
                 target_logit = logits.gather(1, t[:, None])
+                if smoothing:
+                    target_logit = (1 - smoothing) * target_logit + smoothing * logits.mean(dim=-1, keepdim=True)
                 probs = logits.sub_(top).exp_()
                 norm = probs.sum(dim=-1, keepdim=True)
                 total += (norm.log() + top - target_logit).sum()
                 grad = probs.div_(norm)
-                grad[torch.arange(len(t), device=dev), t] -= 1
+                if smoothing:
+                    grad.sub_(smoothing / vocab)
+                grad[torch.arange(len(t), device=dev), t] -= 1 - smoothing
                 grad_chunk = grad_logits[start - first:end - first]
                 grad_chunk.copy_(grad)
                 grad_hidden[start:end] = grad_chunk @ w
@@ -92,10 +100,26 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         gh = (grad_hidden.float() * grad_output).to(ctx.hidden_dtype)
         gw = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.want_weight_grad else None
-        return gh, gw, None, None, None
+        return gh, gw, None, None, None, None
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             chunk: int = CHUNK, group: int = GROUP) -> torch.Tensor:
-    """sum over positions of cross_entropy(hidden @ weight.T, targets); hidden (N, d), weight (V, d)."""
-    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk, group)
+                             chunk: int = CHUNK, group: int = GROUP, label_smoothing: float = 0.0) -> torch.Tensor:
+    """sum over positions of cross_entropy(hidden @ weight.T, targets, label_smoothing); hidden (N, d), weight (V, d)."""
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk, group, float(label_smoothing))
+
+
+@torch.no_grad()
+def per_token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                            chunk: int = CHUNK, label_smoothing: float = 0.0) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T, targets, label_smoothing) per position, a chunk at a time (evaluation)."""
+    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
+    w = weight.to(dtype)
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        logits = (hidden[start:start + chunk].to(dtype) @ w.T).float()
+        target_logit = logits.gather(1, targets[start:start + chunk, None])[:, 0]
+        if label_smoothing:
+            target_logit = (1 - label_smoothing) * target_logit + label_smoothing * logits.mean(dim=-1)
+        out[start:start + chunk] = torch.logsumexp(logits, -1) - target_logit
+    return out

@@ -14,6 +14,18 @@ weight only for lm_head's own forward (ZeRO-3, a separately sharded head) gather
 The value follows the Trainer's convention for models that take `num_items_in_batch`: the sum
 over trained tokens divided by the trained tokens of the whole accumulated, global batch, so N
 processes x batch B and 1 process x batch N*B give the same update.
+
+The loss itself is a named component (`TrainedPositionsLoss`) with one signature: given lm_head,
+the hidden states at trained positions and their targets, the sum over those positions; the
+forward divides by the count. `model.loss` in the config chooses it (`trained_positions`), the
+model's own loss on full logits (`model`), or the first where the model allows it (`auto`).
+What the Trainer would otherwise do to the loss is honoured here or refused at start:
+`training.label_smoothing_factor` is computed by this loss (the Trainer's LabelSmoother would pop
+the labels and bypass it), and a custom `compute_loss_func` is refused (trainer.py).
+
+It applies where the model's logits are exactly lm_head(model(...).last_hidden_state): no
+soft-capping (Gemma 2/3), no scaling (Granite, Cohere). That is checked at start by running the
+model's forward once on a stand-in decoder output and comparing its logits with lm_head's output.
 """
 from __future__ import annotations
 
@@ -25,11 +37,12 @@ import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
 from tunesmith.hf import IGNORE
-from tunesmith.train.chunked_ce import CHUNK, linear_cross_entropy_sum
+from tunesmith.train.chunked_ce import linear_cross_entropy_sum, per_token_cross_entropy
 from tunesmith.train.model import base_causal_lm
 
-# Architectures whose logits are exactly lm_head(last_hidden_state): no soft-capping or scaling.
-SELECTIVE_OK = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
+# Config keys that change the logits after lm_head: named in the reason (and the only check where
+# the weights are not materialised, e.g. ZeRO-3 at load time).
+LOGIT_CHANGING_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
 @dataclass
@@ -42,28 +55,98 @@ class TrainedTokenOutput(ModelOutput):
     row_losses: torch.Tensor | None = None  # (rows, 2): loss sum, trained tokens
 
 
-def supports_trained_positions_loss(model) -> bool:
+@dataclass(frozen=True)
+class TrainedPositionsLoss:
+    """Cross-entropy of lm_head(hidden) against the targets, with optional label smoothing (the
+    Trainer's LabelSmoother's definition), computed a chunk of positions at a time."""
+
+    label_smoothing: float = 0.0
+    name = "trained_positions"
+
+    def total(self, head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sum over the positions (training: with gradients)."""
+        if getattr(head.forward, "__func__", None) is _head_forward:
+            return head(hidden, targets=targets, reduction="sum", label_smoothing=self.label_smoothing)
+        # A wrapped head (e.g. LoRA on lm_head): its own forward, logits at trained positions only.
+        return F.cross_entropy(head(hidden).float(), targets, reduction="sum", label_smoothing=self.label_smoothing)
+
+    def per_token(self, head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of each position (evaluation, no gradients)."""
+        if getattr(head.forward, "__func__", None) is _head_forward:
+            return head(hidden, targets=targets, reduction="none", label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            return F.cross_entropy(head(hidden).float(), targets, reduction="none", label_smoothing=self.label_smoothing)
+
+
+def trained_positions_unsupported(model) -> str | None:
+    """Why the loss at trained positions would not give this model's loss; None when it does."""
     lm = base_causal_lm(model)
-    return (getattr(lm.config, "model_type", None) in SELECTIVE_OK and hasattr(lm, "model") and hasattr(lm, "lm_head")
-            and getattr(lm.config, "final_logit_softcapping", None) is None)
+    if not isinstance(getattr(lm, "model", None), torch.nn.Module) or not isinstance(getattr(lm, "lm_head", None), torch.nn.Module):
+        return f"{type(lm).__name__} is not laid out as a decoder at .model and a head at .lm_head"
+    params = list(lm.parameters())
+    if any(p.device.type == "meta" or p.numel() == 0 for p in params):  # not materialised (e.g. ZeRO-3): keys only
+        keys = [k for k in LOGIT_CHANGING_KEYS if getattr(lm.config, k, None) not in (None, 1, 1.0)]
+        return f"the logits are changed after lm_head ({', '.join(keys)})" if keys else None
+    return _probe_logits(lm)
+
+
+def _probe_logits(lm) -> str | None:
+    """Run the *ForCausalLM forward on a stand-in decoder output (the decoder itself is skipped, so
+    this costs one lm_head on two positions whatever the model's size): the logits must be
+    lm_head's output on that hidden state, unchanged."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    head = lm.lm_head
+    width = getattr(head, "in_features", None) or lm.config.hidden_size
+    generator = torch.Generator().manual_seed(0)  # the run's random state is not touched
+    hidden = torch.randn(1, 2, width, generator=generator).to(head.weight.device, head.weight.dtype)
+    seen = {}
+    hook = head.register_forward_hook(lambda m, args, out: seen.__setitem__("head", (args[0], out)))
+    own_forward = lm.model.__dict__.get("forward")  # an instance-level forward (e.g. accelerate's hook) to restore
+    lm.model.forward = lambda *args, **kwargs: BaseModelOutputWithPast(last_hidden_state=hidden)
+    try:
+        with torch.no_grad():
+            logits = lm(input_ids=torch.zeros(1, 2, dtype=torch.long, device=head.weight.device), use_cache=False).logits
+    except Exception as e:  # a model this check cannot run: keep its own loss, and say why
+        return f"the check run of the model's forward failed ({type(e).__name__}: {e})"
+    finally:
+        hook.remove()
+        if own_forward is None:
+            del lm.model.forward
+        else:
+            lm.model.forward = own_forward
+    if "head" not in seen:
+        return "the forward does not call lm_head"
+    head_in, head_out = seen["head"]
+    if not torch.equal(head_in, hidden):
+        return "lm_head does not read the decoder's last hidden state unchanged"
+    if not torch.equal(logits, head_out.to(logits.dtype)):  # an upcast alone changes nothing the loss computes
+        keys = [k for k in LOGIT_CHANGING_KEYS if getattr(lm.config, k, None) not in (None, 1, 1.0)]
+        return f"the logits are changed after lm_head ({', '.join(keys) or 'soft-capping or scaling'})"
+    return None
+
+
+def supports_trained_positions_loss(model) -> bool:
+    return trained_positions_unsupported(model) is None
 
 
 def uses_trained_positions_loss(model) -> bool:
-    return getattr(base_causal_lm(model), "_tunesmith_trained_loss", False)
+    return getattr(base_causal_lm(model), "_tunesmith_loss", None) is not None
 
 
-def use_trained_positions_loss(model) -> bool:
+def use_trained_positions_loss(model, loss: TrainedPositionsLoss | None = None, checked: bool = False) -> bool:
     """Route the loss of `model` (a *ForCausalLM, possibly inside PEFT) through the trained
-    positions only; returns whether it applies. Without labels the model runs as before."""
+    positions only; returns whether it applies. Without labels the model runs as before.
+    `checked`: the caller has already found it applies (the check runs the model once)."""
     lm = base_causal_lm(model)
-    if not supports_trained_positions_loss(model):
+    if not checked and not supports_trained_positions_loss(model):
         return False
     if not uses_trained_positions_loss(model):
         lm._tunesmith_original_forward = lm.forward
         lm.forward = types.MethodType(_causal_lm_forward, lm)
         if _plain_head(lm.lm_head):
             lm.lm_head.forward = types.MethodType(_head_forward, lm.lm_head)
-        lm._tunesmith_trained_loss = True
+    lm._tunesmith_loss = loss or TrainedPositionsLoss()
     return True
 
 
@@ -81,25 +164,20 @@ def _causal_lm_forward(self, input_ids=None, labels=None, num_items_in_batch=Non
     targets = labels[:, 1:]
     keep = targets != IGNORE
     h, t = hidden[:, :-1][keep], targets[keep]
+    loss = self._tunesmith_loss
     if self.training:
-        loss_sum = _head_loss(self.lm_head, h, t, "sum")
+        loss_sum = loss.total(self.lm_head, h, t)
         count = keep.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return TrainedTokenOutput(loss=loss_sum / (count.to(loss_sum.device) if torch.is_tensor(count) else count))
-    per_token = _head_loss(self.lm_head, h, t, "none")
+    per_token = loss.per_token(self.lm_head, h, t)
     rows = keep.nonzero()[:, 0]
     sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=per_token.device).index_add_(0, rows, per_token)
     counts = keep.sum(dim=1).to(torch.float32)
     return TrainedTokenOutput(loss=sums.sum() / counts.sum().clamp(min=1), row_losses=torch.stack([sums, counts], dim=1))
 
 
-def _head_loss(head, hidden: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
-    if getattr(head.forward, "__func__", None) is _head_forward:
-        return head(hidden, targets=targets, reduction=reduction)
-    # A wrapped head (e.g. LoRA on lm_head): its own forward, logits at trained positions only.
-    return F.cross_entropy(head(hidden).float(), targets, reduction=reduction)
-
-
-def _head_forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "sum"):
+def _head_forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "sum",
+                  label_smoothing: float = 0.0):
     """lm_head's forward: plain logits, or with `targets` the cross-entropy at those positions
     without the logits of all of them at once."""
     if targets is None:
@@ -108,18 +186,5 @@ def _head_forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = Non
     if hasattr(weight, "full_tensor"):  # a DTensor reached outside its module's unsharding hook
         weight = weight.full_tensor()
     if reduction == "sum":
-        return linear_cross_entropy_sum(hidden, weight, targets)
-    return per_token_cross_entropy(hidden, weight, targets)
-
-
-@torch.no_grad()
-def per_token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                            chunk: int = CHUNK) -> torch.Tensor:
-    """cross_entropy(hidden @ weight.T, targets) per position, a chunk at a time (evaluation)."""
-    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
-    w = weight.to(dtype)
-    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in range(0, hidden.shape[0], chunk):
-        logits = (hidden[start:start + chunk].to(dtype) @ w.T).float()
-        out[start:start + chunk] = torch.logsumexp(logits, -1) - logits.gather(1, targets[start:start + chunk, None])[:, 0]
-    return out
+        return linear_cross_entropy_sum(hidden, weight, targets, label_smoothing=label_smoothing)
+    return per_token_cross_entropy(hidden, weight, targets, label_smoothing=label_smoothing)

@@ -21,18 +21,15 @@ from tunesmith.errors import ModelError
 from tunesmith.hf import load_tokenizer
 from tunesmith.ship.card import write_card
 from tunesmith.train import artifacts
-from tunesmith.train.attention import supports_varlen, use_plain_sdpa, use_varlen_sdpa
-from tunesmith.train.autocast import share_norm_casts
 from tunesmith.train.arguments import check_training_keys, training_arguments
 from tunesmith.train.checkpoints import MarkCompleteCheckpoints, is_finished, load_finished, resume_point
 from tunesmith.train.chunked_ce import release_buffers
 from tunesmith.train.collate import PadCollator
 from tunesmith.train.distributed import check_launch, is_main_process
 from tunesmith.train.faults import FaultGuard, translated_faults
-from tunesmith.train.loss import use_trained_positions_loss
 from tunesmith.train.metrics import MetricsCallback
 from tunesmith.train.model import base_causal_lm, load_model
-from tunesmith.train.swiglu import use_memory_saving_swiglu
+from tunesmith.train.speedups import apply_speedups, prepare_for_saving
 from tunesmith.train.trainer import TunesmithTrainer
 
 TRAIN_COLUMNS = ["input_ids", "labels", "position_ids"]  # position_ids only in packed data
@@ -57,21 +54,11 @@ def train(cfg: Config) -> dict:
     # TrainingArguments first: they join the launcher's processes, which the guards check.
     args = training_arguments(cfg, has_eval=eval_ds is not None)
     model = load_model(cfg, tokenizer)
-    trained_loss = use_trained_positions_loss(model)
+    speedups = apply_speedups(model, cfg.model, args, cfg.training)  # the registry: train/speedups.py
+    trained_loss, varlen = speedups.uses("trained_positions_loss"), speedups.uses("varlen_attention")
     check_launch(args, trained_loss)
-    if args.use_liger_kernel and trained_loss:
-        # Liger's fused linear cross-entropy would replace the model's forward, and with it the
-        # trained-positions loss (which skips the untrained positions Liger still projects): keep ours.
-        args.liger_kernel_config = {**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False,
-                                    "cross_entropy": False}
-    if trained_loss and "ddp_find_unused_parameters" not in cfg.training:
-        args.ddp_find_unused_parameters = False  # every parameter reaches this loss: no search of the graph per step
-    share_norm_casts(model)
-    use_memory_saving_swiglu(model)
     attention = base_causal_lm(model).config._attn_implementation  # what `auto` resolved to
-    varlen = supports_varlen(model)
-    if varlen:
-        use_varlen_sdpa(model)
+    attention = "sdpa" if attention == "sdpa_varlen" else attention
     batching = resolve_batching(cfg.data.batching, varlen)
     collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free",
                            segment_kwargs=varlen, count_real_tokens=True)
@@ -79,8 +66,7 @@ def train(cfg: Config) -> dict:
     if is_main_process():
         print(f"tunesmith: batches {layout}, attention {attention}{' per example' if varlen else ''}, "
               f"loss {'at trained positions' if trained_loss else 'from the model'}"
-              f"{', Liger kernels' if args.use_liger_kernel else ''}"
-              f"{f', {args.world_size} processes' if args.world_size > 1 else ''}", file=sys.stderr)
+              f"{f', {args.world_size} processes' if args.world_size > 1 else ''}; {speedups.line()}", file=sys.stderr)
     guard = FaultGuard(skip_nonfinite=cfg.model.nonfinite == "skip")  # signals, NaN/inf steps
     callbacks = [MarkCompleteCheckpoints(), guard]
     if cfg.model.early_stopping_patience:
@@ -108,7 +94,7 @@ def train(cfg: Config) -> dict:
     # Artifacts: every process takes part in evaluating and saving; the main process writes.
     eval_loss = final_eval_loss(trainer, metrics.records) if eval_ds is not None else None
     trained_tokens, tokens = trainer.tokens.totals(args.device)
-    use_plain_sdpa(trainer.model)
+    prepare_for_saving(trainer.model)
     with translated_faults(cfg, args, out):
         final = artifacts.save_final(trainer, tokenizer, out, cfg)
         merged = artifacts.save_merged(trainer, tokenizer, out, cfg) if cfg.model.merge and cfg.model.method != "full" else None
@@ -129,8 +115,9 @@ def train(cfg: Config) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "batching": layout, "attention": attention, "attention_per_example": varlen,
-        "loss": "trained positions, in the model's forward" if trained_loss else "the model's own",
-        "liger_kernels": args.use_liger_kernel,
+        "loss": "trained_positions" if trained_loss else "model",
+        "label_smoothing": args.label_smoothing_factor,
+        "liger_kernels": args.use_liger_kernel, "speedups": speedups.as_dict(),
         "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
         "nonfinite_steps_skipped": guard.skipped_steps,
     }

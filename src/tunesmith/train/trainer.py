@@ -2,9 +2,15 @@
 
 - the trained-token loss runs inside the model's forward (train/loss.py), already divided by the
   trained tokens of the whole accumulated, global batch, so the Trainer must not divide again;
+- the options the Trainer applies to the loss are honoured by that loss or refused here: label
+  smoothing is computed by the loss component (the Trainer's LabelSmoother would pop the labels
+  and run the model's full-logits forward instead); a custom `compute_loss_func` is refused;
+- no KV cache in the loss's forward (even with training.use_cache: true), so packed examples
+  stay apart for every model;
 - tokens are counted from the batches each process trains on and summed over processes at
-  each log (not in the collator: a collator in a worker process or shared with evaluation
-  would miscount);
+  each log: trained tokens from the labels, real tokens from the count the collator puts in the
+  batch (a tensor that travels with it, so dataloader worker processes count right; no counter
+  lives in the collator, which may run in another process or be shared with evaluation);
 - the eval loss is per trained token over the whole eval set, from per-row sums, so it is the
   same however the set is batched or split over processes.
 """
@@ -16,6 +22,7 @@ from transformers import Trainer
 from tunesmith.train.collate import REAL_TOKENS
 from tunesmith.train.distributed import sum_over_processes
 from tunesmith.train.loss import IGNORE, uses_trained_positions_loss
+from tunesmith.train.model import base_causal_lm
 
 
 class TokenCounter:
@@ -44,9 +51,25 @@ class TunesmithTrainer(Trainer):
         self.eval_collator = eval_collator
         self.tokens = TokenCounter()
         if uses_trained_positions_loss(self.model):
+            if self.compute_loss_func is not None:
+                raise ValueError("compute_loss_func replaces the loss, but the loss at trained positions runs inside "
+                                 "the model's forward; set model.loss: model to use a compute_loss_func")
+            smoothing = base_causal_lm(self.model)._tunesmith_loss.label_smoothing
+            if smoothing != self.args.label_smoothing_factor:
+                raise ValueError(f"the loss was built with label smoothing {smoothing}, "
+                                 f"training.label_smoothing_factor is {self.args.label_smoothing_factor}")
+            self.label_smoother = None  # the loss component smooths; the LabelSmoother would bypass it
             # The forward takes num_items_in_batch and divides by it: scaled for accumulation already.
             self.model_accepts_loss_kwargs = True
             self.loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # No KV cache in a loss: with one, transformers ignores the position restarts of packed and
+        # padding-free rows, and their examples see each other. The Trainer sets config.use_cache
+        # from training.use_cache; this holds even when that is true. (The loss at trained positions
+        # turns it off itself.)
+        inputs = {**inputs, "use_cache": False}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.tokens.add(inputs)
