@@ -78,6 +78,10 @@ def test_report_page_renders_in_chromium_and_matches_the_run(trained, tmp_path, 
     for heading in ("Run: time, throughput, speed-ups", "Data", "Training rows, trained tokens highlighted", "Loss",
                     "Evaluation", "Predictions that changed", "Config"):
         assert f"{heading}" in dom, heading
+    applied = json.loads((out / "summary.json").read_text())["speedups"]["applied"]
+    assert "trained_positions_loss" in applied  # a tiny Llama: the page must list what ran
+    for name in applied:
+        assert f"speed-up {name}</td><td>applied" in dom, name
     assert dom.count('class="trained"') >= 3  # three rows, each with its answer highlighted
 
     parser = Facts()
@@ -85,7 +89,7 @@ def test_report_page_renders_in_chromium_and_matches_the_run(trained, tmp_path, 
     files = {"summary": json.loads((out / "summary.json").read_text()),
              "prep": json.loads((out / "data" / "prep_report.json").read_text())}
     for key in ("summary.tokens_per_second", "summary.trained_tokens", "summary.wall_seconds", "summary.eval_loss",
-                "summary.attention", "summary.batching", "prep.splits.train.rows_kept", "prep.splits.train.trained_share",
+                "summary.attention", "summary.batching", "summary.loss", "prep.splits.train.rows_kept", "prep.splits.train.trained_share",
                 "prep.splits.eval.tokens"):
         assert key in parser.facts, key
     for key, text in parser.facts.items():

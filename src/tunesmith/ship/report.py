@@ -76,7 +76,12 @@ def run_section(s: dict | None) -> str:
             ("batching", "batching", "{}"), ("attention", "attention", "{}"),
             ("attention_per_example", "attention per example", "{}"), ("liger_kernels", "Liger kernels", "{}"),
             ("bf16", "bf16 autocast", "{}")]
+    keys.insert(keys.index(("batching", "batching", "{}")), ("loss", "loss", "{}"))
     rows = [f"<td class=l>{esc(title)}</td>" + fact("summary", k, s.get(k), f) for k, title, f in keys if k in s]
+    speedups = s.get("speedups") or {}
+    rows += [f"<td class=l>speed-up {esc(name)}</td><td>applied</td>" for name in speedups.get("applied", [])]
+    rows += [f"<td class=l>speed-up {esc(name)}</td>" + fact("summary", f"speedups.skipped.{name}", why)
+             for name, why in speedups.get("skipped", {}).items()]
     return "<h2>Run: time, throughput, speed-ups</h2>" + table(["figure", "value"], rows)
 
 
