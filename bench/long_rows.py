@@ -208,10 +208,14 @@ def report(results: dict, args, precision: str, ckpt: bool) -> None:
             continue
         text = f"{side} {method}: longest under {args.cap_gb:g} GB: {ok[-1][0]:,}"
         if len(ok) >= 2:
-            (n0, m0), (n1, m1) = ok[-2], ok[-1]
-            slope = (m1 - m0) / (n1 - n0)  # MB per token, from the two longest that trained
-            at_24 = n1 + (24 * 1024 - m1) / slope if slope > 0 else float("inf")
-            text += f"; {slope * 1024:,.0f} KB per token ({n0:,}->{n1:,}), so ~{at_24:,.0f} tokens would fit in 24 GB"
+            # least squares over every length that trained: one run's RSS peak moves by ~0.5 GB
+            lengths, peaks = zip(*ok)
+            mean_n, mean_m = sum(lengths) / len(ok), sum(peaks) / len(ok)
+            slope = (sum((n - mean_n) * (m - mean_m) for n, m in ok)
+                     / sum((n - mean_n) ** 2 for n in lengths))  # MB per token
+            at_24 = mean_n + (24 * 1024 - mean_m) / slope if slope > 0 else float("inf")
+            text += (f"; {slope * 1024:,.0f} KB per token (fit over {lengths[0]:,}-{lengths[-1]:,}), "
+                     f"so ~{at_24:,.0f} tokens would fit in 24 GB (extrapolated)")
         print(text)
     print("\nreproduce: .venv/bin/python bench/long_rows.py " + " ".join(sys.argv[1:]))
 
