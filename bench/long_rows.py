@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -217,7 +218,7 @@ def report(results: dict, args, precision: str, ckpt: bool) -> None:
             text += (f"; {slope * 1024:,.0f} KB per token (fit over {lengths[0]:,}-{lengths[-1]:,}), "
                      f"so ~{at_24:,.0f} tokens would fit in 24 GB (extrapolated)")
         print(text)
-    print("\nreproduce: .venv/bin/python bench/long_rows.py " + " ".join(sys.argv[1:]))
+    print("\nreproduce: .venv/bin/python bench/long_rows.py " + shlex.join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -332,7 +333,7 @@ def main() -> None:
                     continue
                 results[name] = json.loads(out.read_text())
             report(label, n, args, results, params_of(model_dir), peak)
-    print("\nreproduce: .venv/bin/python bench/train_speed.py " + " ".join(sys.argv[1:]))
+    print("\nreproduce: .venv/bin/python bench/train_speed.py " + shlex.join(sys.argv[1:]))
 
 
 def report(label: str, n: int, args, results: dict, params: int, peak: dict) -> None:
