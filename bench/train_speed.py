@@ -4,10 +4,24 @@ its own).
 
     .venv/bin/python bench/train_speed.py                 # tiny Llama (fast) + SmolLM2-135M
     .venv/bin/python bench/train_speed.py --models tiny   # just the tiny Llama
+    .venv/bin/python bench/train_speed.py --precision fp32 --trl-as-shipped   # an AVX2-only CPU's view
 
-Prints, per configuration: trained (loss-bearing) tokens/s, non-pad tokens/s, peak RSS, the
-loss on a fixed eval slice after training, the ratios against TRL, and the MFU against this
-machine's measured matmul peak.
+Prints, per configuration: the precision it trained in, trained (loss-bearing) tokens/s, non-pad
+tokens/s, peak RSS, the loss on a fixed eval slice after training, the ratios against TRL, and
+the MFU against this machine's measured matmul peak in that precision.
+
+Precision: `native` (default) is bf16 where the hardware runs it natively (a GPU that supports
+it; a CPU with AVX512-BF16 or AMX: tunesmith's own default, `cpu_supports_bf16`), else fp32, for
+both sides. Only that precision's matmul peak is measured (on an AVX2-only CPU bf16 matmuls are
+emulated, minutes to measure a peak nobody runs at). `--precision fp32` shows what an AVX2-only
+CPU gets on a machine that has bf16.
+
+TRL runs in its fastest configuration for the hardware: the native precision, gradient
+checkpointing off (SFTConfig turns it on by default; these sizes fit without it), padded rows
+(`trl padded`) and best-fit packing, which TRL runs padding-free (`trl packed`); "TRL's
+fastest" is the faster of the two. `--trl-as-shipped` adds TRL with SFTConfig's own defaults
+(bf16 on whatever the hardware, gradient checkpointing on), under a time cap: on a CPU without
+native bf16 it is emulated and may not finish ("did not finish in N min").
 """
 from __future__ import annotations
 
@@ -15,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -22,8 +37,17 @@ import time
 from pathlib import Path
 
 DOLLY = Path(__file__).resolve().parent / "data" / "dolly_hhrlhf" / "train.jsonl"  # shipped copy, see its PROVENANCE.md
-CONFIGS = ["tunesmith default", "tunesmith packed", "trl default", "trl packed"]
+CONFIGS = ["tunesmith default", "tunesmith packed", "trl padded", "trl packed"]
+AS_SHIPPED = "trl as shipped"
 LR = 1e-4
+
+
+def native_bf16() -> bool:
+    """bf16 where the hardware runs it natively (a CUDA GPU that supports it, a CPU with
+    AVX512-BF16 or AMX), else fp32: tunesmith's own default precision, the same test."""
+    from tunesmith.train.arguments import default_bf16
+
+    return default_bf16()
 
 
 def make_rows(n: int, skip: int = 0) -> list[dict]:
@@ -33,7 +57,8 @@ def make_rows(n: int, skip: int = 0) -> list[dict]:
 
 # ---- worker: one configuration, in its own process ----------------------------------------------
 
-def worker(name: str, model_dir: str, data: str, eval_data: str, max_length: int, batch: int, out: str) -> None:
+def worker(name: str, model_dir: str, data: str, eval_data: str, max_length: int, batch: int, bf16: bool,
+           out: str) -> None:
     """One configuration. Under torchrun (`... x2` configurations) every process runs this with
     the per-process share of the batch; the main process reports (peak RSS: the largest process's)."""
     import torch
@@ -43,9 +68,9 @@ def worker(name: str, model_dir: str, data: str, eval_data: str, max_length: int
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     batch //= processes
     if name.startswith("tunesmith"):
-        result = run_tunesmith(name, model_dir, data, max_length, batch, work)
+        result = run_tunesmith(name, model_dir, data, max_length, batch, bf16, work)
     else:
-        result, model = run_trl(name, model_dir, data, max_length, batch, work)
+        result, model = run_trl(name, model_dir, data, max_length, batch, bf16, work)
     result["peak_rss_mb"] = max(gathered(peak_rss_mb()))  # training's peak, before the eval step below
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -73,7 +98,7 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: int, work: Path) -> dict:
+def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: int, bf16: bool, work: Path) -> dict:
     from tunesmith.config.load import validate
     from tunesmith.data.prepare import prepare
     from tunesmith.train import distributed
@@ -83,13 +108,14 @@ def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: 
                     "data": {"train": {"data_files": data}, "max_length": max_length, "overlength": "truncate",
                              "packing": name.endswith("packed")},
                     "training": {"per_device_train_batch_size": batch, "num_train_epochs": 1, "learning_rate": LR,
-                                 "logging_steps": 1000, "save_strategy": "no", "disable_tqdm": True}})
+                                 "bf16": bf16, "logging_steps": 1000, "save_strategy": "no", "disable_tqdm": True}})
     distributed.init_process_group()
     if distributed.is_main_process():
         prepare(cfg, quiet=True)
     distributed.barrier()
     s = train(cfg)  # token counts in the summary are summed over processes
-    return {"train_seconds": s["train_seconds"], "trained_tokens": s["trained_tokens"], "tokens": s["tokens"], "bf16": s["bf16"]}
+    return {"train_seconds": s["train_seconds"], "trained_tokens": s["trained_tokens"], "tokens": s["tokens"],
+            "bf16": s["bf16"], "checkpointing": False}
 
 
 class CountingCollator:
@@ -108,7 +134,7 @@ class CountingCollator:
         return batch
 
 
-def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, work: Path):
+def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, bf16: bool, work: Path):
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,15 +144,21 @@ def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, w
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     packed = name.endswith("packed")
+    # Fastest for the hardware: native precision, no activation recomputation. Packing "bfd" (the
+    # default strategy) makes TRL's collator padding-free. As shipped: SFTConfig's own defaults
+    # (bf16=True, gradient_checkpointing=True).
+    fastest = {} if name.startswith(AS_SHIPPED) else {"bf16": bf16, "gradient_checkpointing": False}
     args = SFTConfig(output_dir=str(work), max_length=max_length, per_device_train_batch_size=batch, num_train_epochs=1,
                      learning_rate=LR, logging_steps=1000, save_strategy="no", report_to="none", disable_tqdm=True,
-                     use_cpu=not torch.cuda.is_available(), completion_only_loss=True, packing=packed, seed=42)
+                     use_cpu=not torch.cuda.is_available(), completion_only_loss=True, packing=packed, seed=42,
+                     **fastest)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     result = trainer.train()
     return ({"train_seconds": round(result.metrics["train_runtime"], 1), "trained_tokens": sum(gathered(counter.trained_tokens)),
-             "tokens": sum(gathered(counter.tokens)), "bf16": args.bf16}, trainer.model)
+             "tokens": sum(gathered(counter.tokens)), "bf16": args.bf16, "checkpointing": args.gradient_checkpointing},
+            trainer.model)
 
 
 def eval_loss(model, model_dir: str, eval_data: str, max_length: int) -> float:
@@ -147,17 +179,62 @@ def eval_loss(model, model_dir: str, eval_data: str, max_length: int) -> float:
 # ---- parent: models, runs, table ----------------------------------------------------------------
 
 def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
-    """Measured dense matmul TFLOP/s on this machine (all threads)."""
+    """Measured dense matmul TFLOP/s on this machine (all threads, or the GPU)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = 8192 if device == "cuda" else n
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     for _ in range(2):
         a @ b
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and its descendants, MB (from /proc; 0 once it is gone)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return total / 1024
+
+
+def watched(cmd: list[str], cap_mb: float, limit_s: float, env: dict | None = None) -> tuple[str, float, str]:
+    """Runs `cmd`; kills it above `cap_mb` RSS (with its children: the machine is shared) or after
+    `limit_s`. Returns (outcome, highest RSS seen in MB, stderr tail)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env, start_new_session=True)
+        start, seen, outcome = time.monotonic(), 0.0, None
+        while proc.poll() is None:
+            seen = max(seen, tree_rss_mb(proc.pid))
+            if seen > cap_mb:
+                outcome = "over the cap"
+            elif time.monotonic() - start > limit_s:
+                outcome = f"did not finish in {limit_s / 60:.0f} min"
+            if outcome:
+                os.killpg(proc.pid, 9)  # its own session: the launcher's workers too, nothing else
+                proc.wait()
+                break
+            time.sleep(0.1)
+        err.seek(0)
+        tail = err.read()[-3000:]
+    if outcome is None:
+        outcome = "ok" if proc.returncode == 0 else f"failed ({proc.returncode})"
+    return outcome, seen, tail
 
 
 def build_models(folder: Path, which: list[str]) -> dict[str, str]:
@@ -203,18 +280,31 @@ def main() -> None:
     ap.add_argument("--smol-examples", type=int, default=96, help="training examples for SmolLM2 (CPU: slow)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--precision", default="native", choices=["native", "fp32", "bf16"],
+                    help="native: bf16 where the hardware has it, else fp32 (both sides)")
+    ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS, help="a subset of the configurations")
+    ap.add_argument("--trl-as-shipped", action="store_true", help="also run TRL with SFTConfig's defaults")
+    ap.add_argument("--limit-min", type=float, default=20.0, help="time cap per configuration")
+    ap.add_argument("--cap-gb", type=float, default=14.0, help="RSS cap per configuration (shared machines)")
     ap.add_argument("--processes", type=int, default=1,
-                    help="also run tunesmith default and TRL default on torchrun with this many processes "
+                    help="also run tunesmith default and TRL padded on torchrun with this many processes "
                          "(same global batch, the cores shared out)")
-    ap.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        name, model_dir, data, eval_data, max_length, batch, out = args.worker
-        worker(name, model_dir, data, eval_data, int(max_length), int(batch), out)
+        name, model_dir, data, eval_data, max_length, batch, bf16, out = args.worker
+        worker(name, model_dir, data, eval_data, int(max_length), int(batch), bf16 == "1", out)
         return
 
-    peak = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
-    print(f"measured matmul peak: fp32 {peak['float32']:.2f} TFLOP/s, bf16 {peak['bfloat16']:.2f} TFLOP/s", flush=True)
+    bf16 = native_bf16() if args.precision == "native" else args.precision == "bf16"
+    native = "bf16" if native_bf16() else "fp32"
+    # Only peaks the hardware runs natively: fp32 always is; bf16 only where it is native.
+    wanted = {"bfloat16" if bf16 else "float32"}
+    if args.trl_as_shipped:
+        wanted.add("bfloat16")
+    peak = {d: matmul_peak(d) for d in sorted(wanted) if d == "float32" or native == "bf16"}
+    print(f"native precision here: {native}; both sides train in {'bf16' if bf16 else 'fp32'} ({args.precision}); "
+          "measured matmul peak: " + ", ".join(f"{d} {v:.2f} TFLOP/s" for d, v in peak.items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models = build_models(tmp, args.models)
@@ -225,49 +315,61 @@ def main() -> None:
             data = tmp / f"train_{n}.jsonl"
             data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(n)))
             results = {}
-            many = [f"{c} x{args.processes}" for c in ("tunesmith default", "trl default")] if args.processes > 1 else []
-            for name in CONFIGS + many:
+            many = [f"{c} x{args.processes}" for c in ("tunesmith default", "trl padded")] if args.processes > 1 else []
+            for name in args.configs + ([AS_SHIPPED] if args.trl_as_shipped else []) + many:
                 out = tmp / f"{label[:4]}_{name.replace(' ', '_')}.json"
                 cmd = [sys.executable, __file__, "--worker", name, model_dir, str(data), str(eval_rows),
-                       str(args.max_length), str(args.batch), str(out)]
+                       str(args.max_length), str(args.batch), "1" if bf16 else "0", str(out)]
                 env = dict(os.environ)
                 if name in many:
                     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(args.processes), *cmd[1:]]
                     env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.processes))
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    print(f"{name} failed:\n{proc.stderr[-3000:]}")
+                outcome, seen, tail = watched(cmd, args.cap_gb * 1024, args.limit_min * 60, env)
+                if outcome != "ok":
+                    print(f"{name}: {outcome}" + (f" (at {seen:,.0f} MB)" if outcome == "over the cap" else "")
+                          + (f"\n{tail}" if outcome.startswith("failed") else ""), flush=True)
+                    results[name] = {"outcome": outcome}
                     continue
                 results[name] = json.loads(out.read_text())
             report(label, n, args, results, params_of(model_dir), peak)
+    print("\nreproduce: .venv/bin/python bench/train_speed.py " + shlex.join(sys.argv[1:]))
 
 
 def report(label: str, n: int, args, results: dict, params: int, peak: dict) -> None:
     many = f" x{args.processes}"
     print(f"\n{label}: {params / 1e6:.1f}M params, {n:,} dolly examples, max_length {args.max_length}, batch {args.batch}")
-    print(f"{'':20} {'trained tok/s':>14} {'non-pad tok/s':>14} {'peak RSS MB':>12} {'eval loss':>10} {'MFU':>7}")
+    print(f"{'':20} {'precision':>9} {'ckpt':>5} {'trained tok/s':>14} {'non-pad tok/s':>14} {'peak RSS MB':>12} "
+          f"{'eval loss':>10} {'MFU':>7}")
     rows = {}
     for name, r in results.items():
+        if "outcome" in r:
+            print(f"{name:20} {r['outcome']}")
+            continue
         seconds = r["train_seconds"]
         rows[name] = {"trained": r["trained_tokens"] / seconds, "tokens": r["tokens"] / seconds}
-        p = peak["bfloat16" if r["bf16"] else "float32"]
-        mfu = 6 * params * rows[name]["tokens"] / (p * 1e12)
-        print(f"{name:20} {rows[name]['trained']:14,.0f} {rows[name]['tokens']:14,.0f} {r['peak_rss_mb']:12,.0f} "
-              f"{r['eval_loss']:10.4f} {mfu:7.1%}  ({'bf16' if r['bf16'] else 'fp32'}, {seconds:.1f}s)")
-    if {"tunesmith default", "trl default", "trl packed"} <= set(results):
-        best_trl = max(rows["trl default"]["trained"], rows["trl packed"]["trained"])
+        p = peak.get("bfloat16" if r["bf16"] else "float32")
+        mfu = f"{6 * params * rows[name]['tokens'] / (p * 1e12):7.1%}" if p else f"{'-':>7}"  # none: emulated
+        print(f"{name:20} {'bf16' if r['bf16'] else 'fp32':>9} {'on' if r['checkpointing'] else 'off':>5} "
+              f"{rows[name]['trained']:14,.0f} {rows[name]['tokens']:14,.0f} {r['peak_rss_mb']:12,.0f} "
+              f"{r['eval_loss']:10.4f} {mfu}  ({seconds:.1f}s)")
+    trl = [t for t in ("trl padded", "trl packed") if t in rows]
+    if trl:
+        best = max(trl, key=lambda t: rows[t]["trained"])
         # Eval loss and memory against the TRL run that takes the same kind of steps (packed rows
         # take fewer, fuller steps for the same examples).
-        for name, peer in (("tunesmith default", "trl default"), ("tunesmith packed", "trl packed")):
-            if name in rows:
-                print(f"{name}: trained tok/s {rows[name]['trained'] / rows['trl default']['trained']:.2f}x TRL default, "
-                      f"{rows[name]['trained'] / best_trl:.2f}x TRL's fastest; eval loss "
+        for name, peer in (("tunesmith default", "trl padded"), ("tunesmith packed", "trl packed")):
+            if name in rows and peer in rows:
+                print(f"{name}: trained tok/s {rows[name]['trained'] / rows[best]['trained']:.2f}x TRL's fastest "
+                      f"({best}), {rows[name]['trained'] / rows[peer]['trained']:.2f}x {peer}; eval loss "
                       f"{results[name]['eval_loss'] / results[peer]['eval_loss'] - 1:+.1%} vs {peer}; peak RSS "
                       f"{results[name]['peak_rss_mb'] / results[peer]['peak_rss_mb']:.2f}x {peer}")
-    if f"tunesmith default{many}" in rows and f"trl default{many}" in rows:
-        ours, theirs = rows[f"tunesmith default{many}"]["trained"], rows[f"trl default{many}"]["trained"]
-        print(f"{args.processes} processes: tunesmith default {ours / theirs:.2f}x TRL default on the same launcher; "
+        if AS_SHIPPED in rows and "tunesmith default" in rows:
+            print(f"tunesmith default: {rows['tunesmith default']['trained'] / rows[AS_SHIPPED]['trained']:.2f}x "
+                  f"TRL as shipped")
+    if f"tunesmith default{many}" in rows and f"trl padded{many}" in rows:
+        ours, theirs = rows[f"tunesmith default{many}"]["trained"], rows[f"trl padded{many}"]["trained"]
+        print(f"{args.processes} processes: tunesmith default {ours / theirs:.2f}x TRL padded on the same launcher; "
               f"{ours / rows['tunesmith default']['trained']:.2f}x tunesmith default in one process")
 
 

@@ -1,0 +1,225 @@
+"""Long rows: SmolLM2-135M trained on rows of 2k / 4k / 8k / 16k tokens, tunesmith against TRL's
+SFTTrainer, full fine-tuning and LoRA, batch 1, a few optimizer steps per length.
+
+    .venv/bin/python bench/long_rows.py                              # 2k 4k 8k 16k, cap 14 GB
+    .venv/bin/python bench/long_rows.py --lengths 2048 4096 --steps 2
+
+Each (side, method, length) runs in its own process under a watchdog that kills it when its RSS
+(with its children) passes --cap-gb; it is then reported as "over the cap" and the side's longer
+lengths are skipped. Prints peak RSS and trained tokens/s per length, the longest length that
+trained under the cap, and the memory per token from the measured slope, extrapolated to 24 GB.
+
+Rows are real text: a dolly prompt followed by dolly responses joined until the row is longer than
+the max length, then truncated to it (keep the start), so every row has exactly `length` tokens
+and nearly all of them are response tokens, all trained.
+
+Both sides: the precision this hardware runs natively (bf16 where the CPU has AVX512-BF16/AMX or
+the GPU supports it, else fp32), gradient checkpointing on (the long-row setting; off it, 16k
+rows keep ~30 layers of activations), batch 1 (no padding, so TRL's padding-free option changes
+nothing). SmolLM2's max_position_embeddings is 8192: the model folder used here says 32768, so
+16k rows run; RoPE (theta 100,000) extends as it is, no scaling. That changes no cost (memory and
+time per token are the same whatever the positions mean), only what the model would learn there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_speed import DOLLY, CountingCollator, build_models, native_bf16, watched  # noqa: E402
+
+LR = 1e-4
+CONFIGS = [("tunesmith", "full"), ("trl", "full"), ("tunesmith", "lora"), ("trl", "lora")]
+
+
+def long_rows(n: int, length: int) -> list[dict]:
+    """`n` rows, each a dolly prompt and a response of joined dolly responses, well over `length` tokens."""
+    rows = [json.loads(line) for line in DOLLY.read_text().splitlines()]
+    out = []
+    for i in range(n):
+        parts, chars, j = [], 0, i * 97
+        while chars < 6 * length:  # SmolLM2's tokenizer: ~4 characters per token on this text
+            text = rows[j % len(rows)]["response"]
+            parts.append(text)
+            chars += len(text)
+            j += 1
+        out.append({"prompt": rows[i]["prompt"], "response": "\n\n".join(parts)})
+    return out
+
+
+# ---- worker: one configuration, in its own process ----------------------------------------------
+
+def worker(side: str, method: str, model_dir: str, data: str, length: int, checkpointing: bool, bf16: bool,
+           out: str) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    work = Path(out).parent / f"{side}_{method}_{length}"
+    run = run_tunesmith if side == "tunesmith" else run_trl
+    result = run(method, model_dir, data, length, checkpointing, bf16, work)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    Path(out).write_text(json.dumps(result))
+
+
+def run_tunesmith(method, model_dir, data, length, checkpointing, bf16, work) -> dict:
+    from tunesmith.config.load import validate
+    from tunesmith.data.prepare import prepare
+    from tunesmith.train.run import train
+
+    cfg = validate({"base_model": model_dir, "output_dir": str(work),
+                    "data": {"train": {"data_files": data}, "max_length": length, "overlength": "truncate"},
+                    "model": {"method": method},
+                    "training": {"per_device_train_batch_size": 1, "num_train_epochs": 1, "learning_rate": LR,
+                                 "gradient_checkpointing": checkpointing, "bf16": bf16, "logging_steps": 1000,
+                                 "save_strategy": "no", "disable_tqdm": True}})
+    prepare(cfg, quiet=True)
+    s = train(cfg)
+    return {"train_seconds": s["train_seconds"], "trained_tokens": s["trained_tokens"], "tokens": s["tokens"],
+            "steps": s["steps"], "bf16": s["bf16"]}
+
+
+def run_trl(method, model_dir, data, length, checkpointing, bf16, work) -> dict:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    ds = load_dataset("json", data_files=data, split="train").rename_column("response", "completion")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    # tunesmith's LoRA defaults: r 16, alpha 32, dropout 0.05, every linear layer in the blocks
+    peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+                      ) if method == "lora" else None
+    args = SFTConfig(output_dir=str(work), max_length=length, per_device_train_batch_size=1, num_train_epochs=1,
+                     learning_rate=LR, logging_steps=1000, save_strategy="no", report_to="none", disable_tqdm=True,
+                     use_cpu=not torch.cuda.is_available(), completion_only_loss=True, bf16=bf16,
+                     gradient_checkpointing=checkpointing, seed=42)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft)
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    result = trainer.train()
+    return {"train_seconds": round(result.metrics["train_runtime"], 1), "trained_tokens": counter.trained_tokens,
+            "tokens": counter.tokens, "steps": trainer.state.global_step, "bf16": args.bf16}
+
+
+# ---- parent: watchdog, runs, table ----------------------------------------------------------------
+
+def longer_positions(model_dir: str, positions: int) -> None:
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text())
+    config["max_position_embeddings"] = max(config["max_position_embeddings"], positions)
+    path.write_text(json.dumps(config, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8192, 16384])
+    ap.add_argument("--steps", type=int, default=3, help="optimizer steps (rows, batch 1) per run")
+    ap.add_argument("--cap-gb", type=float, default=14.0, help="RSS cap per run (the machine is shared)")
+    ap.add_argument("--limit-min", type=float, default=40.0, help="time cap per run")
+    ap.add_argument("--methods", nargs="+", default=["full", "lora"], choices=["full", "lora"])
+    ap.add_argument("--sides", nargs="+", default=["tunesmith", "trl"], choices=["tunesmith", "trl"])
+    ap.add_argument("--no-checkpointing", action="store_true", help="gradient checkpointing off for both sides")
+    ap.add_argument("--precision", default="native", choices=["native", "fp32", "bf16"])
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        side, method, model_dir, data, length, ckpt, bf16, out = args.worker
+        worker(side, method, model_dir, data, int(length), ckpt == "1", bf16 == "1", out)
+        return
+
+    bf16 = native_bf16() if args.precision == "native" else args.precision == "bf16"
+    precision = "bf16" if bf16 else "fp32"
+    ckpt = not args.no_checkpointing
+    print(f"precision {precision} ({args.precision}), gradient checkpointing {'on' if ckpt else 'off'} for both, "
+          f"batch 1, {args.steps} steps per run, RSS cap {args.cap_gb:g} GB", flush=True)
+    results: dict[tuple, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = build_models(tmp, ["smollm2"])["SmolLM2-135M"]
+        longer_positions(model_dir, 2 * max(args.lengths))
+        for length in args.lengths:
+            (tmp / f"rows_{length}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in long_rows(args.steps, length)))
+        stopped: set[tuple] = set()
+        for length in args.lengths:  # lengths outermost: every side gets its short runs before anyone's long ones
+            for side, method in CONFIGS:
+                if side not in args.sides or method not in args.methods:
+                    continue
+                key = (side, method, length)
+                if (side, method) in stopped:
+                    results[key] = {"outcome": "skipped (shorter one over the cap)"}
+                    continue
+                out = tmp / f"{side}_{method}_{length}.json"
+                cmd = [sys.executable, __file__, "--worker", side, method, model_dir, str(tmp / f"rows_{length}.jsonl"),
+                       str(length), "1" if ckpt else "0", "1" if bf16 else "0", str(out)]
+                outcome, seen, tail = watched(cmd, args.cap_gb * 1024, args.limit_min * 60)
+                r = json.loads(out.read_text()) if outcome == "ok" else {}
+                r.update(outcome=outcome, watchdog_peak_mb=round(seen))
+                results[key] = r
+                if outcome != "ok":
+                    stopped.add((side, method))
+                    if outcome.startswith("failed"):
+                        print(f"{side} {method} {length} failed:\n{tail}", flush=True)
+                print(line(key, r), flush=True)
+    report(results, args, precision, ckpt)
+    if args.json:
+        Path(args.json).write_text(json.dumps({" ".join(map(str, k)): v for k, v in results.items()}, indent=1))
+
+
+def line(key: tuple, r: dict) -> str:
+    side, method, length = key
+    if r["outcome"] != "ok":
+        return f"{side:10} {method:5} {length:>6}  {r['outcome']}" + (
+            f" (highest RSS seen {r['watchdog_peak_mb']:,} MB)" if "watchdog_peak_mb" in r else "")
+    tps = r["trained_tokens"] / max(r["train_seconds"], 1e-9)
+    return (f"{side:10} {method:5} {length:>6}  {r['peak_rss_mb']:>9,.0f} MB  {tps:8,.0f} trained tok/s  "
+            f"({r['tokens'] / max(r['steps'], 1):,.0f} tokens/row, {r['steps']} steps, {r['train_seconds']:.0f}s)")
+
+
+def report(results: dict, args, precision: str, ckpt: bool) -> None:
+    print(f"\nSmolLM2-135M, batch 1, {args.steps} steps per length, {precision}, gradient checkpointing "
+          f"{'on' if ckpt else 'off'}, cap {args.cap_gb:g} GB RSS per run")
+    print(f"{'':16}" + "".join(f"{n:>22}" for n in args.lengths))
+    print(f"{'':16}" + "".join(f"{'peak MB   tok/s':>22}" for _ in args.lengths))
+    for side, method in CONFIGS:
+        if side not in args.sides or method not in args.methods:
+            continue
+        cells = []
+        for n in args.lengths:
+            r = results.get((side, method, n), {"outcome": "-"})
+            if r["outcome"] == "ok":
+                cells.append(f"{r['peak_rss_mb']:>13,.0f} {r['trained_tokens'] / r['train_seconds']:>7,.0f}")
+            else:
+                cells.append(f"{r['outcome'][:21]:>21}")
+        print(f"{side + ' ' + method:16}" + "".join(f"{c:>22}" for c in cells))
+    print()
+    for side, method in CONFIGS:
+        ok = [(n, results[(side, method, n)]["peak_rss_mb"]) for n in args.lengths
+              if results.get((side, method, n), {}).get("outcome") == "ok"]
+        if not ok:
+            continue
+        text = f"{side} {method}: longest under {args.cap_gb:g} GB: {ok[-1][0]:,}"
+        if len(ok) >= 2:
+            # least squares over every length that trained: one run's RSS peak moves by ~0.5 GB
+            lengths, peaks = zip(*ok)
+            mean_n, mean_m = sum(lengths) / len(ok), sum(peaks) / len(ok)
+            slope = (sum((n - mean_n) * (m - mean_m) for n, m in ok)
+                     / sum((n - mean_n) ** 2 for n in lengths))  # MB per token
+            at_24 = mean_n + (24 * 1024 - mean_m) / slope if slope > 0 else float("inf")
+            text += (f"; {slope * 1024:,.0f} KB per token (fit over {lengths[0]:,}-{lengths[-1]:,}), "
+                     f"so ~{at_24:,.0f} tokens would fit in 24 GB (extrapolated)")
+        print(text)
+    print("\nreproduce: .venv/bin/python bench/long_rows.py " + shlex.join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
