@@ -8,26 +8,38 @@ faults and peak RSS per layout. Shows that a packed batch costs what its tokens 
 pf:N:1 = N dolly examples in one padding-free row; packed:N:R = the first R packed rows (512
 tokens) of N examples. MODEL_DIR: a model folder (bench/train_speed.py build_models).
 """
-import json, resource, subprocess, sys, time
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 
-def case(model_dir, layout, n_ex, rows, bf16, steps):
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_speed as ts  # noqa: E402  (the same dolly rows as the training benchmark)
+
+
+def case(model_dir: str, layout: str, n_ex: int, rows: int, bf16: bool, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent)); import train_speed as ts
-    from tunesmith.data.tokenize import load_tokenizer
-    from tunesmith.train.loss import use_trained_positions_loss
-    from tunesmith.train.autocast import share_norm_casts
-    from tunesmith.train.swiglu import use_memory_saving_swiglu
-    from tunesmith.train.attention import use_varlen_sdpa
-    from tunesmith.train.collate import PadCollator
+
+    from tunesmith.config.train_schema import ModelConfig
     from tunesmith.data.pack import plan_rows
+    from tunesmith.hf import IGNORE, load_tokenizer
+    from tunesmith.train.collate import PadCollator
+    from tunesmith.train.speedups import apply_speedups
+
     torch.manual_seed(0)
     tok = load_tokenizer(model_dir)
     feats = []
     for r in ts.make_rows(n_ex):
         p = tok(r["prompt"])["input_ids"]; full = tok(r["prompt"] + r["response"])["input_ids"][:511] + [tok.eos_token_id]
-        feats.append({"input_ids": full, "labels": [-100 if j < len(p) else t for j, t in enumerate(full)]})
+        feats.append({"input_ids": full, "labels": [IGNORE if j < len(p) else t for j, t in enumerate(full)]})
     if layout == "packed":
         L = np.array([len(f["input_ids"]) for f in feats], dtype=np.int32)
         members, per_row = plan_rows(L, 512)
@@ -36,13 +48,13 @@ def case(model_dir, layout, n_ex, rows, bf16, steps):
         for a, b in zip(first[:-1], first[1:]):
             ids, lab, pos = [], [], []
             for m in members[a:b]:
-                f = feats[m]; ids += f["input_ids"]; lab += [-100] + f["labels"][1:]; pos += list(range(len(f["input_ids"])))
+                f = feats[m]; ids += f["input_ids"]; lab += [IGNORE] + f["labels"][1:]; pos += list(range(len(f["input_ids"])))
             packed.append({"input_ids": ids, "labels": lab, "position_ids": pos})
         batch = PadCollator(pad_id=tok.pad_token_id, segment_kwargs=True)(packed[:rows])
     else:
         batch = PadCollator(pad_id=tok.pad_token_id, padding_free=True, segment_kwargs=True)(feats)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    use_trained_positions_loss(model); share_norm_casts(model); use_memory_saving_swiglu(model); use_varlen_sdpa(model)
+    applied = apply_speedups(model, ModelConfig(), SimpleNamespace(use_liger_kernel=False, label_smoothing_factor=0.0), {}).applied  # as a run does
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     times = []
@@ -56,11 +68,13 @@ def case(model_dir, layout, n_ex, rows, bf16, steps):
         if i == 0:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    tokens = int((batch["labels"] != -100).sum()); shape = list(batch["input_ids"].shape)
+    tokens = int((batch["labels"] != IGNORE).sum()); shape = list(batch["input_ids"].shape)
     st = float(np.median(times[1:]))
-    return {"layout": layout, "examples": n_ex, "shape": shape, "trained": tokens, "bf16": bf16, "step_s": round(st, 3),
+    return {"layout": layout, "examples": n_ex, "speedups": applied, "shape": shape, "trained": tokens, "bf16": bf16, "step_s": round(st, 3),
             "trained_tok_s": round(tokens / st), "minflt_per_step": (f1 - f0) // max(steps - 1, 1),
             "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 
 if __name__ == "__main__":
     if sys.argv[1] == "w":

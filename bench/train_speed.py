@@ -50,9 +50,18 @@ def native_bf16() -> bool:
     return default_bf16()
 
 
+EVAL_ROWS = range(900, 964)  # held out: training rows never use these lines of the file
+
+
 def make_rows(n: int, skip: int = 0) -> list[dict]:
-    lines = DOLLY.read_text().splitlines()
+    """n training rows, cycling over the file's lines outside EVAL_ROWS (more than 936 rows repeat)."""
+    lines = [line for i, line in enumerate(DOLLY.read_text().splitlines()) if i not in EVAL_ROWS]
     return [json.loads(lines[(skip + i) % len(lines)]) for i in range(n)]
+
+
+def held_out_rows() -> list[dict]:
+    lines = DOLLY.read_text().splitlines()
+    return [json.loads(lines[i]) for i in EVAL_ROWS]
 
 
 # ---- worker: one configuration, in its own process ----------------------------------------------
@@ -309,7 +318,7 @@ def main() -> None:
         tmp = Path(tmp)
         models = build_models(tmp, args.models)
         eval_rows = tmp / "eval.jsonl"
-        eval_rows.write_text("".join(json.dumps(r) + "\n" for r in make_rows(64, skip=900)))  # never trained on
+        eval_rows.write_text("".join(json.dumps(r) + "\n" for r in held_out_rows()))  # never trained on
         for label, model_dir in models.items():
             n = args.examples if "tiny" in label else args.smol_examples
             data = tmp / f"train_{n}.jsonl"
