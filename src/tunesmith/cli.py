@@ -193,6 +193,18 @@ def init(folder: str) -> int:
     return 0
 
 
+def leave_process_group() -> None:
+    """Under a launcher, destroy the process group before the interpreter exits: left to exit, a
+    process can abort while gloo's threads are torn down ("terminate called without an active
+    exception", SIGABRT), and the launcher then kills the others. At exit only, after the last
+    command: a process that runs several commands keeps its group between them."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    sys.exit(main())
+    code = main()
+    leave_process_group()
+    sys.exit(code)
