@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_speed as ts  # noqa: E402  (the same dolly rows as the training benchmark)
@@ -29,7 +30,7 @@ def case(model_dir: str, layout: str, n_ex: int, rows: int, bf16: bool, steps: i
     from transformers import AutoModelForCausalLM
 
     from tunesmith.config.train_schema import ModelConfig
-    from tunesmith.data.pack import plan_rows
+    from tunesmith.data.pack import packed_rows, plan_rows
     from tunesmith.hf import IGNORE, load_tokenizer
     from tunesmith.train.collate import PadCollator
     from tunesmith.train.speedups import apply_speedups
@@ -40,16 +41,10 @@ def case(model_dir: str, layout: str, n_ex: int, rows: int, bf16: bool, steps: i
     for r in ts.make_rows(n_ex):
         p = tok(r["prompt"])["input_ids"]; full = tok(r["prompt"] + r["response"])["input_ids"][:511] + [tok.eos_token_id]
         feats.append({"input_ids": full, "labels": [IGNORE if j < len(p) else t for j, t in enumerate(full)]})
-    if layout == "packed":
-        L = np.array([len(f["input_ids"]) for f in feats], dtype=np.int32)
-        members, per_row = plan_rows(L, 512)
-        first = np.concatenate([[0], np.cumsum(per_row)])
-        packed = []
-        for a, b in zip(first[:-1], first[1:]):
-            ids, lab, pos = [], [], []
-            for m in members[a:b]:
-                f = feats[m]; ids += f["input_ids"]; lab += [IGNORE] + f["labels"][1:]; pos += list(range(len(f["input_ids"])))
-            packed.append({"input_ids": ids, "labels": lab, "position_ids": pos})
+    if layout == "packed":  # prep's own plan and row builder (data/pack.py), on these examples
+        members, per_row = plan_rows(np.array([len(f["input_ids"]) for f in feats], dtype=np.int32), 512)
+        examples = pa.Table.from_pylist([{**feats[m], "full_text": ""} for m in members])
+        packed = packed_rows(examples, list(per_row)).select(["input_ids", "labels", "position_ids"]).to_pylist()
         batch = PadCollator(pad_id=tok.pad_token_id, segment_kwargs=True)(packed[:rows])
     else:
         batch = PadCollator(pad_id=tok.pad_token_id, padding_free=True, segment_kwargs=True)(feats)
