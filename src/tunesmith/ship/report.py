@@ -73,10 +73,9 @@ def run_section(s: dict | None) -> str:
             ("first_loss", "first train loss", "{:.4f}"), ("final_loss", "final train loss", "{:.4f}"),
             ("eval_loss", "eval loss", "{:.4f}"), ("eval_perplexity", "eval perplexity", "{:.3f}"),
             ("peak_rss_mb", "peak RSS (MB)", "{:,}"), ("peak_gpu_mb", "peak GPU memory (MB)", "{:,}"),
-            ("batching", "batching", "{}"), ("attention", "attention", "{}"),
+            ("loss", "loss", "{}"), ("batching", "batching", "{}"), ("attention", "attention", "{}"),
             ("attention_per_example", "attention per example", "{}"), ("liger_kernels", "Liger kernels", "{}"),
             ("bf16", "bf16 autocast", "{}")]
-    keys.insert(keys.index(("batching", "batching", "{}")), ("loss", "loss", "{}"))
     rows = [f"<td class=l>{esc(title)}</td>" + fact("summary", k, s.get(k), f) for k, title, f in keys if k in s]
     speedups = s.get("speedups") or {}
     rows += [f"<td class=l>speed-up {esc(name)}</td><td>applied</td>" for name in speedups.get("applied", [])]
