@@ -54,11 +54,10 @@ def train(cfg: Config) -> dict:
     # TrainingArguments first: they join the launcher's processes, which the guards check.
     args = training_arguments(cfg, has_eval=eval_ds is not None)
     model = load_model(cfg, tokenizer)
+    attention = base_causal_lm(model).config._attn_implementation  # what `auto` resolved to, before the speed-ups
     speedups = apply_speedups(model, cfg.model, args, cfg.training)  # the registry: train/speedups.py
     trained_loss, varlen = speedups.uses("trained_positions_loss"), speedups.uses("varlen_attention")
     check_launch(args, trained_loss)
-    attention = base_causal_lm(model).config._attn_implementation  # what `auto` resolved to
-    attention = "sdpa" if attention == "sdpa_varlen" else attention
     batching = resolve_batching(cfg.data.batching, varlen)
     collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free",
                            segment_kwargs=varlen, count_real_tokens=True)
