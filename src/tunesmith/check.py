@@ -7,6 +7,7 @@ collected, not raised one at a time, so one run lists all of them.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -44,7 +45,7 @@ def check(cfg: Config, sample_rows: int = SAMPLE_ROWS) -> dict:
             found["splits"][split] = report
             problems += report.pop("problems")
     if model_config is not None and setup is not None:
-        problems += _model_problems(cfg, model_config, setup[0])
+        problems += _model_problems(cfg, model_config, setup.tokenizer)
         if "rows_kept_est" in found["splits"].get("train", {}):
             found["estimate"] = estimate(cfg, model_config, found["splits"]["train"])
     found["seconds"] = round(time.perf_counter() - start, 1)
@@ -87,19 +88,18 @@ def _sample_report(cfg: Config, setup, split: str, ds, sample_rows: int) -> dict
     from tunesmith.data.rows import OUTPUT_FEATURES, ROW, RowProcessor, dataset_format
     from tunesmith.data.sources import describe_source
 
-    tokenizer, specials, fmt, preprocess = setup
     d = cfg.data
     where = f"data.{split} ({describe_source(d.eval if split == 'eval' and d.eval else d.train)})"
     if len(ds) == 0:
         return {"rows": 0, "problems": [f"{where}: the source has no rows"]}
     try:
-        row_format = dataset_format(d.format, ds.column_names, d.columns, preprocess is not None)
+        row_format = dataset_format(d.format, ds.column_names, d.columns, setup.preprocess is not None)
     except TunesmithError as e:
         return {"rows": len(ds), "problems": [f"{where}: {e}"]}
     step = max(1, len(ds) // sample_rows)
     sample = ds.select(range(0, len(ds), step)[:sample_rows])
     lenient = d.model_copy(update={"bad_rows": "skip", "overlength": "drop" if d.overlength == "error" else d.overlength})
-    processor = RowProcessor(lenient, tokenizer, specials, fmt, row_format, preprocess)
+    processor = RowProcessor(dataclasses.replace(setup, data=lenient), row_format)
     disable_progress_bars()
     try:
         out = sample.map(processor, batched=True, features=OUTPUT_FEATURES, keep_in_memory=True, load_from_cache_file=False,

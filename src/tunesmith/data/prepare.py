@@ -33,7 +33,8 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
     `tokenizer`: one already loaded for this config (default: load it from the config)."""
     start = time.perf_counter()
     d = cfg.data
-    tokenizer, specials, fmt, preprocess = render_setup(cfg, tokenizer)
+    renderer = render_setup(cfg, tokenizer)
+    tokenizer, fmt = renderer.tokenizer, renderer.fmt
 
     raw = raw_splits(cfg)
 
@@ -46,8 +47,8 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
         if quiet:
             disable_progress_bars()
         try:
-            row_format = dataset_format(d.format, ds.column_names, d.columns, preprocess is not None)
-            processor = RowProcessor(d, tokenizer, specials, fmt, row_format, preprocess)
+            row_format = dataset_format(d.format, ds.column_names, d.columns, renderer.preprocess is not None)
+            processor = RowProcessor(renderer, row_format)
             out = ds.map(processor, batched=True, batch_size=1000, num_proc=num_proc, features=OUTPUT_FEATURES,
                          remove_columns=[c for c in ds.column_names if c != ROW], load_from_cache_file=False,
                          desc=f"tokenizing {split}")

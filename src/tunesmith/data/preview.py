@@ -19,12 +19,13 @@ OPEN, CLOSE = "\u27e6", "\u27e7"  # marks trained text when colour is off
 def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dict]:
     console = console or Console()
     d = cfg.data
-    tokenizer, specials, fmt, preprocess = render_setup(cfg)
+    renderer = render_setup(cfg)
+    tokenizer, specials = renderer.tokenizer, renderer.specials
     if d.train is None:
         raise ConfigError("data.train: required key is missing", "preview shows rows of the training source")
     ds = load_source(d.train, "data.train")
     ds = ds.select(range(min(n, len(ds))))
-    processor = RowProcessor(d, tokenizer, specials, fmt, dataset_format(d.format, ds.column_names, d.columns, preprocess is not None), preprocess)
+    processor = RowProcessor(renderer, dataset_format(d.format, ds.column_names, d.columns, renderer.preprocess is not None))
     shown = []
     colour = console.is_terminal and not console.no_color
     if not colour:

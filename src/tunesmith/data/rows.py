@@ -10,14 +10,14 @@ import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 from datasets import Features, Sequence, Value
 from transformers import PreTrainedTokenizerBase
 
-from tunesmith.config.schema import DataConfig, PromptFormatConfig
+from tunesmith.config.schema import DataConfig
 from tunesmith.data.examples import detect_format
 from tunesmith.data.prompts import Segment
 from tunesmith.data.render import Renderer, make_renderer
@@ -37,15 +37,20 @@ OUTPUT_FEATURES = Features({
 
 @dataclass
 class RowProcessor:
-    data: DataConfig
-    tokenizer: PreTrainedTokenizerBase
-    specials: Specials
-    fmt: PromptFormatConfig | str
+    renderer: Renderer  # what the rows are rendered with (make_renderer); its data config sets the length rules
     row_format: str  # "input", "prompt_response", "chat", or "" to detect per row
-    preprocess: Callable | None = None
 
-    def __post_init__(self) -> None:
-        self.renderer = Renderer(self.data, self.tokenizer, self.specials, self.fmt, self.preprocess)
+    @property
+    def data(self) -> DataConfig:
+        return self.renderer.data
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.renderer.tokenizer
+
+    @property
+    def specials(self) -> Specials:
+        return self.renderer.specials
 
     def render(self, row: dict[str, Any], index: int) -> tuple[list[Segment], int]:
         """One raw row -> segments (raises DataError naming the row when it is malformed)."""
@@ -138,12 +143,12 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def render_setup(cfg, tokenizer: PreTrainedTokenizerBase | None = None):
-    """What rendering needs, checked up front: (tokenizer, specials, format, preprocessing function)."""
+def render_setup(cfg, tokenizer: PreTrainedTokenizerBase | None = None) -> Renderer:
+    """The config's renderer, checked up front (format, chat template, preprocessing function);
+    loads the tokenizer unless one is given."""
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_model, cfg.model.trust_remote_code)
-    r = make_renderer(cfg.data, tokenizer)
-    return r.tokenizer, r.specials, r.fmt, r.preprocess
+    return make_renderer(cfg.data, tokenizer)
 
 
 def dataset_format(declared: str, columns: list[str], renames: dict[str, str], has_preprocessing: bool) -> str:
