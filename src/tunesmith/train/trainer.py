@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from tunesmith.hf import IGNORE
 from tunesmith.train.collate import REAL_TOKENS
 from tunesmith.train.distributed import sum_over_processes
-from tunesmith.train.loss import IGNORE, uses_trained_positions_loss
+from tunesmith.train.loss import uses_trained_positions_loss
 from tunesmith.train.model import base_causal_lm
 
 
