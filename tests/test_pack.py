@@ -103,9 +103,12 @@ def one_sgd_step(tmp_path, base, **data):
     return AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final").state_dict()
 
 
-def test_packed_and_padding_free_training_equal_padded(tmp_path, tiny_llama):
+def test_packed_and_padding_free_training_equal_padded(tmp_path, tiny_llama, capsys):
     padded = one_sgd_step(tmp_path / "a", tiny_llama, batching="padded")
     packed = one_sgd_step(tmp_path / "b", tiny_llama, packing=True)
+    # The batch size counts packed rows: the run says how many examples a step really trains.
+    assert json.loads((tmp_path / "b" / "out" / "summary.json").read_text())["examples_per_row"] == 3.0
+    assert "3.0 examples per row: a step of 6 rows trains ~18 examples; per_device_train_batch_size 2" in capsys.readouterr().err
     free = one_sgd_step(tmp_path / "c", tiny_llama)  # the default: padding-free, attention per example
     assert json.loads((tmp_path / "c" / "out" / "summary.json").read_text())["batching"] == "padding_free"
     # The saved model names plain sdpa, so it loads without tunesmith's attention registered.

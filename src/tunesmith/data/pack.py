@@ -109,6 +109,15 @@ def packed_rows(examples: pa.Table, per_row: list[int]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=PACKED_FEATURES.arrow_schema)
 
 
+def examples_per_row(ds: Dataset, sample: int = 1_000) -> float | None:
+    """Mean examples per packed row over the first `sample` rows (an example starts where its
+    positions restart at 0); None for rows without `position_ids` (not packed)."""
+    if "position_ids" not in ds.column_names or len(ds) == 0:
+        return None
+    positions = pc.list_flatten(ds.with_format("arrow")[:sample]["position_ids"])
+    return pc.sum(pc.equal(positions, 0)).as_py() / min(sample, len(ds))
+
+
 def packing_report(before: Dataset, after: Dataset, max_length: int) -> dict:
     tokens = pc.sum(pc.list_value_length(after.data.column("input_ids"))).as_py() or 0
     return {"examples": len(before), "rows": len(after), "fill": round(tokens / (len(after) * max_length), 4) if len(after) else 0.0}

@@ -15,6 +15,7 @@ from transformers import EarlyStoppingCallback, Trainer, set_seed
 
 from tunesmith.config.schema import Config
 from tunesmith.data.identity import same_tokenizer, tokenizer_identity
+from tunesmith.data.pack import examples_per_row
 from tunesmith.data.prepare import load_prepared
 from tunesmith.data.write import read_meta
 from tunesmith.errors import ModelError
@@ -62,8 +63,10 @@ def train(cfg: Config) -> dict:
     collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free",
                            segment_kwargs=varlen, count_real_tokens=True)
     layout = "packed" if cfg.data.packing else batching
+    per_row = examples_per_row(train_ds)
     if is_main_process():
-        print(f"tunesmith: batches {layout}, attention {attention}{' per example' if varlen else ''}, "
+        print(f"tunesmith: batches {layout}{packed_step(per_row, args.per_device_train_batch_size)}, "
+              f"attention {attention}{' per example' if varlen else ''}, "
               f"loss {'at trained positions' if trained_loss else 'from the model'}"
               f"{f', {args.world_size} processes' if args.world_size > 1 else ''}; {speedups.line()}", file=sys.stderr)
     guard = FaultGuard(skip_nonfinite=cfg.model.nonfinite == "skip")  # signals, NaN/inf steps
@@ -113,7 +116,8 @@ def train(cfg: Config) -> dict:
         "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        "batching": layout, "attention": attention, "attention_per_example": varlen,
+        "batching": layout, "examples_per_row": round(per_row, 2) if per_row else None,
+        "attention": attention, "attention_per_example": varlen,
         "loss": "trained_positions" if trained_loss else "model",
         "label_smoothing": args.label_smoothing_factor,
         "liger_kernels": args.use_liger_kernel, "speedups": speedups.as_dict(),
@@ -139,6 +143,15 @@ def resolve_batching(batching: str, varlen: bool) -> str:
     if batching == "auto":
         return "padding_free" if varlen else "padded"
     return batching
+
+
+def packed_step(per_row: float | None, batch: int) -> str:
+    """What a step of packed rows holds: the batch size counts rows, so a packed step trains
+    several times the examples (and the tokens, and the memory) of the same batch size unpacked."""
+    if not per_row or per_row < 1.05:
+        return ""
+    return (f" ({per_row:.1f} examples per row: a step of {batch} rows trains ~{batch * per_row:.0f} examples; "
+            f"per_device_train_batch_size {max(1, round(batch / per_row))} gives the unpacked step's tokens)")
 
 
 def training_columns(ds, sampling: str = "random"):
