@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -285,3 +286,36 @@ def test_kill_9_during_prep_then_rerun_equals_uninterrupted(tmp_path, tok_dir):
         assert prepared(tmp_path / "out") == straight  # the previous complete output is untouched
         assert main(["prep", str(cfg)]) == 0
         assert prepared(tmp_path / "out") == straight
+        assert not list((tmp_path / "out").glob(".data.*"))  # the killed run's half-written folder is gone
+
+
+def test_a_killed_writers_leftovers_are_removed_by_the_next_write(tmp_path):
+    from tunesmith.data.write import remove_leftovers
+
+    finished = subprocess.Popen([sys.executable, "-c", ""])
+    finished.wait()  # a pid no process has now
+    out, host = tmp_path / "data", socket.gethostname()
+    out.mkdir()
+    stale = tmp_path / f".data.tmp-{host}-{finished.pid}"
+    running = tmp_path / f".data.tmp-{host}-{os.getpid()}"  # a writer still at work
+    elsewhere = tmp_path / f".data.tmp-otherhost-{finished.pid}"  # a shared folder: can't tell, left alone
+    for folder in (stale, running, elsewhere):
+        folder.mkdir()
+        (folder / "part").write_text("half")
+    remove_leftovers(out)
+    assert not stale.exists() and running.exists() and elsewhere.exists()
+
+
+def test_a_failed_upload_is_one_message_and_the_run_is_kept(tmp_path):
+    from tunesmith.errors import OutputError
+    from tunesmith.train.artifacts import upload
+
+    out = tmp_path / "out"
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "model.safetensors").write_bytes(b"weights")
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the upload wants a folder")
+    with pytest.raises(OutputError) as failed:
+        upload(out, [f"file://{blocker}/run"])
+    assert "model.upload_to" in str(failed.value) and f"complete in {out}" in str(failed.value)
+    assert (out / "final" / "model.safetensors").read_bytes() == b"weights"

@@ -203,8 +203,14 @@ def leave_process_group() -> None:
         distributed.destroy_process_group()
 
 
-if __name__ == "__main__":
+def run(argv: list[str] | None = None) -> None:
+    """The process's entry point (the `tunesmith` script, `python -m tunesmith.cli`, `.finetune`,
+    `.dataprep`): one command, then leave the process group and exit with the command's status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    code = main()
+    code = main(argv)
     leave_process_group()
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,7 +1,7 @@
 """`python -m tunesmith.dataprep CONFIG [KEY=VALUE ...]`: the two-step workflow's first step."""
 import sys
 
-from tunesmith.cli import main
+from tunesmith.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["prep", *sys.argv[1:]]))
+    run(["prep", *sys.argv[1:]])

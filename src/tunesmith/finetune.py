@@ -1,7 +1,7 @@
 """`python -m tunesmith.finetune CONFIG [KEY=VALUE ...]`: the two-step workflow's second step."""
 import sys
 
-from tunesmith.cli import main
+from tunesmith.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    run(["train", *sys.argv[1:]])

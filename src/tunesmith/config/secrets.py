@@ -39,7 +39,7 @@ def mask(config: Any, path: str = "") -> tuple[Any, list[str]]:
         if secret and _is_value(node):
             masked_paths.append(where)
             return MASK
-        if isinstance(node, str) and (cleaned := _mask_url(node)) != node:
+        if isinstance(node, str) and (cleaned := mask_url(node)) != node:
             masked_paths.append(where)
             return cleaned
         return node
@@ -52,7 +52,7 @@ def _is_value(v: Any) -> bool:
     return v is not None and not isinstance(v, bool) and (not isinstance(v, str) or v != "")
 
 
-def _mask_url(text: str) -> str:
+def mask_url(text: str) -> str:
     """`s3://user:pass@bucket/x` -> `s3://user:***@bucket/x`; `?sig=...&token=...` query values masked."""
     if "://" not in text:
         return text

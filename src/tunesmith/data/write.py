@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
@@ -23,9 +24,8 @@ def write_prepared(splits: DatasetDict, out_dir: str, report: dict, meta: dict, 
         return write_file(splits["train"], Path(out_dir), writer, report, meta)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_leftovers(out)
+    tmp, old = temporary(out, "tmp"), temporary(out, "old")
     try:
         (splits["train"] if layout == "dataset" else splits).save_to_disk(str(tmp))
         for name, ds in splits.items():
@@ -44,10 +44,38 @@ def write_prepared(splits: DatasetDict, out_dir: str, report: dict, meta: dict, 
     return out
 
 
+def temporary(out: Path, kind: str) -> Path:
+    """This process's temporary path beside `out`, named by host and pid so a later run can tell
+    whether its writer is still alive."""
+    return out.parent / f".{out.name}.{kind}-{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_leftovers(out: Path) -> None:
+    """Remove what a writer on this host left beside `out` when it was killed (kill -9, out of
+    memory: no cleanup ran). A writer still alive, or on another host sharing the folder, is left alone."""
+    host = socket.gethostname()
+    for kind in ("tmp", "old") if out.exists() else ("tmp",):  # no `out`: the old one is the only result left
+        for path in out.parent.glob(f".{out.name}.{kind}-{host}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def write_file(ds: Dataset, out: Path, writer: str, report: dict, meta: dict) -> Path:
     """One file by the named Dataset writer; the report and meta beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    remove_leftovers(out)
+    tmp = temporary(out, "tmp")
     try:
         getattr(ds, writer)(str(tmp))
         out.parent.joinpath(f"{out.name}.{REPORT}").write_text(json.dumps(report, indent=2))

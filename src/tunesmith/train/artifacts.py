@@ -9,7 +9,8 @@ import yaml
 
 from tunesmith.config.schema import Config
 from tunesmith.data.prompt_settings import PROMPT_FILE, settings_text
-from tunesmith.errors import ConfigError
+from tunesmith.config.secrets import mask_url
+from tunesmith.errors import ConfigError, OutputError
 from tunesmith.hf import complete_folder, save_folder
 from tunesmith.train.distributed import barrier, is_distributed, is_main_process
 from tunesmith.train.metrics import read_metrics
@@ -104,8 +105,13 @@ def upload(out: Path, urls: list[str]) -> None:
             fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as e:
             raise ConfigError(f"model.upload_to: cannot open {url!r}: {e}", "install the fsspec backend, e.g. s3fs") from None
-        for path in out.rglob("*"):
-            if path.is_file() and "checkpoints" not in path.relative_to(out).parts:
-                target = f"{root.rstrip('/')}/{path.relative_to(out).as_posix()}"
-                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-                fs.put_file(str(path), target)
+        try:
+            for path in out.rglob("*"):
+                if path.is_file() and "checkpoints" not in path.relative_to(out).parts:
+                    target = f"{root.rstrip('/')}/{path.relative_to(out).as_posix()}"
+                    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                    fs.put_file(str(path), target)
+        except Exception as e:  # each backend raises its own (botocore, gcsfs, aiohttp, OSError): all the user's to fix
+            raise OutputError(f"model.upload_to: copying the run to {mask_url(url)} failed: {type(e).__name__}: "
+                              f"{mask_url(str(e))}", f"the run itself is complete in {out}; check the URL and the "
+                              "credentials (environment or the backend's config), then copy the folder again") from None
