@@ -104,7 +104,7 @@ def test_init_template_is_a_valid_config_once_filled(tmp_path, tok_dir):
                                      "arc_easy/cpu.yaml", "arc_easy/gpu-8b-qlora.yaml", "summarization/dataprep.yaml",
                                      "summarization/finetune.yaml"])
 def test_example_configs_validate(example):
-    from tunesmith.train.arguments import check_training_keys
+    from tunesmith.config.training_keys import check_training_keys
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / example)
     check_training_keys(cfg.training)

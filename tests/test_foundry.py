@@ -154,7 +154,7 @@ def test_lora_eval_loader_checkpoints_and_loggers(foundry_dir, tiny_llama, monke
                save_num_checkpoints_to_keep=1, autoresume=True, device_train_microbatch_size=2, run_name="exp1",
                max_duration="24sp", loggers={"tensorboard": {}})
     raw["scheduler"] = {"name": "linear_decay_with_warmup", "t_warmup": "0.1dur", "alpha_f": 0.5}
-    monkeypatch.setattr("tunesmith.train.arguments._report_to_problems", lambda r: [])
+    monkeypatch.setattr("tunesmith.config.training_keys._report_to_problems", lambda r: [])
     cfg = load_config(write(foundry_dir, raw), [f"model.pretrained_model_name_or_path={tiny_llama}"])
     t = cfg.training
     assert cfg.model.method == "lora" and cfg.model.lora.r == 4 and cfg.model.lora.target_modules == ["q_proj"]

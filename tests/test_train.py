@@ -233,7 +233,8 @@ def test_report_to_an_integration_that_is_not_installed_is_a_clear_error(tmp_pat
 
 
 def test_gpu_defaults_take_flash_attention_and_liger_only_where_they_run():
-    from tunesmith.train.arguments import _liger_problems, default_liger
+    from tunesmith.config.training_keys import _liger_problems
+    from tunesmith.train.arguments import default_liger
     from tunesmith.train.model import resolve_attn_implementation
 
     bf16, fp32 = torch.bfloat16, torch.float32

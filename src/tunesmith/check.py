@@ -33,7 +33,7 @@ def check(cfg: Config, sample_rows: int = SAMPLE_ROWS) -> dict:
             problems.append(str(e))
             return None
 
-    from tunesmith.train.arguments import check_training_keys
+    from tunesmith.config.training_keys import check_training_keys
 
     attempt(check_training_keys, cfg.training)
     setup = attempt(_render_setup, cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 
@@ -124,7 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "run" or cfg.compat_source == "llm-foundry":  # foundry's train.py prepares data too
             from tunesmith.data.prepare import prepare
             from tunesmith.train import distributed
-            from tunesmith.train.arguments import check_training_keys
+            from tunesmith.config.training_keys import check_training_keys
 
             check_training_keys(cfg.training)  # before spending time on data preparation (train checks again)
             # Under a launcher the main process prepares the data once; the others wait, then read it.
@@ -132,7 +133,8 @@ def run_command(args: argparse.Namespace) -> int:
             if distributed.is_main_process():
                 prepare(cfg)
             distributed.barrier()
-        train(cfg)
+        summary = train(cfg)
+        finish_run(cfg, summary)
     elif args.command == "preview":
         from tunesmith.data.preview import preview
 
@@ -191,6 +193,17 @@ def init(folder: str) -> int:
     target.write_text((Path(__file__).parent / "templates" / "config.yaml").read_text())
     print(f"wrote {target}: fill in base_model and data.train, then `tunesmith preview {target}`")
     return 0
+
+
+def finish_run(cfg, summary: dict) -> None:
+    """What follows training: the model cards (they quote the run's figures), then model.upload_to."""
+    from tunesmith.ship.card import write_run_cards
+    from tunesmith.train.artifacts import upload
+    from tunesmith.train.distributed import is_main_process
+
+    write_run_cards(cfg, summary)
+    if cfg.model.upload_to and is_main_process():
+        upload(Path(summary["output_dir"]), cfg.model.upload_to)
 
 
 def leave_process_group() -> None:

@@ -12,7 +12,7 @@ from tunesmith.config import load_config
 from tunesmith.data.prepare import prepare
 from tunesmith.demo_model import demo_model_path
 from tunesmith.infer.evaluate import evaluate, print_results
-from tunesmith.ship.card import write_card
+from tunesmith.ship.card import write_run_cards
 from tunesmith.ship.report import write_report
 from tunesmith.train.run import train
 
@@ -37,7 +37,7 @@ def run_demo(config: str | None = None, overrides: list[str] | None = None) -> d
     console.rule("before / after")
     print_results([before, after], console)
     out = Path(cfg.resolved_output_dir())
-    write_card(summary["final"], cfg)  # again, now with the before/after evaluation
+    write_run_cards(cfg, summary)  # after the evaluation, which the card shows
     report = write_report(cfg)
     console.print(f"train loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}; "
                   f"{summary['tokens_per_second']:.0f} tokens/s ({summary['trained_tokens_per_second']:.0f} of them trained); "

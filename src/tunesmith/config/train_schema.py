@@ -1,7 +1,7 @@
 """The model part of a config: which weights, which method (full, LoRA, QLoRA), how to load them.
 
 Trainer settings live under `training:` as plain TrainingArguments fields (checked against the
-installed transformers in train/arguments.py), so nothing here shadows a Hugging Face name.
+installed transformers in config/training_keys.py), so nothing here shadows a Hugging Face name.
 """
 from __future__ import annotations
 

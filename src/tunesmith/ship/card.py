@@ -17,6 +17,16 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "imagefolder", "audiofolder"}
 
 
+def write_run_cards(cfg: Config, summary: dict) -> None:
+    """After training: the cards of final/ and merged/, which quote the run's summary.json (main process only)."""
+    from tunesmith.train.distributed import is_main_process
+
+    if is_main_process():
+        for folder in (summary["final"], summary["merged"]):
+            if folder:
+                write_card(folder, cfg, summary["output_dir"])
+
+
 def write_card(folder: str | Path, cfg: Config, out_dir: str | Path | None = None) -> Path:
     """Write `folder`/README.md (and copy loss.png beside it); returns the card's path."""
     from huggingface_hub import ModelCard

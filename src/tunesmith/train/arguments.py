@@ -1,8 +1,6 @@
 """`training:` in the YAML -> transformers.TrainingArguments, with defaults that suit the device."""
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import sys
 from pathlib import Path
 
@@ -11,60 +9,8 @@ from transformers import TrainingArguments
 from transformers.utils import is_liger_kernel_available
 
 from tunesmith.config.schema import Config
+from tunesmith.config.training_keys import check_training_keys
 from tunesmith.errors import ConfigError
-
-OWNED = {"output_dir": "top-level output_dir", "resume_from_checkpoint": "model.resume"}
-
-
-def valid_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-
-
-def check_training_keys(training: dict) -> None:
-    """Unknown keys fail before any work starts, with the closest valid name."""
-    valid = valid_fields()
-    problems = []
-    for key in training:
-        if key in OWNED:
-            problems.append(f"  training.{key}: set by tunesmith; use {OWNED[key]}")
-        elif key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
-            tip = f"did you mean '{close[0]}'?" if close else "not a TrainingArguments field in this transformers version"
-            problems.append(f"  training.{key}: unknown key; {tip}")
-    problems += _report_to_problems(training.get("report_to"))
-    problems += _liger_problems(training.get("use_liger_kernel"))
-    if problems:
-        raise ConfigError("invalid config\n" + "\n".join(problems))
-
-
-def _report_to_problems(report_to) -> list[str]:
-    """Each named integration must exist and be installed (else the Trainer fails deep inside)."""
-    from transformers.integrations import get_available_reporting_integrations
-    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
-
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    problems = []
-    for name in names:
-        if name in ("none", "all"):
-            continue
-        if name not in INTEGRATION_TO_CALLBACK:
-            problems.append(f"  training.report_to: unknown integration {name!r}; one of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
-        elif name not in get_available_reporting_integrations():
-            problems.append(f"  training.report_to: {name} is not installed; pip install {name} (into .venv), or drop it")
-    return problems
-
-
-def _liger_problems(requested, cuda: bool | None = None, installed: bool | None = None) -> list[str]:
-    """Liger's kernels are Triton kernels for CUDA GPUs: asking for them elsewhere fails deep inside."""
-    if requested is not True:
-        return []
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    installed = is_liger_kernel_available() if installed is None else installed
-    if not cuda:
-        return ["  training.use_liger_kernel: Liger's kernels need a CUDA GPU and this machine has none; drop the key"]
-    if not installed:
-        return ["  training.use_liger_kernel: liger-kernel is not installed; pip install liger-kernel (into .venv), or drop the key"]
-    return []
 
 
 def default_liger(cuda: bool | None = None, installed: bool | None = None, switch: str = "auto") -> bool:
@@ -105,7 +51,7 @@ def _drop_offload_without_accelerator(training: dict, cuda: bool | None = None) 
 
 
 def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
-    check_training_keys(cfg.training)
+    check_training_keys(cfg.training)  # config/training_keys.py
     # YAML reads a bare `no` as false: `eval_strategy: no` must still mean "no".
     user = {k: ("no" if v is False else v) if k.endswith("_strategy") else v for k, v in cfg.training.items()}
     lora = cfg.model.method in ("lora", "qlora")

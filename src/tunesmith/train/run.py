@@ -14,15 +14,15 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, set_seed
 
 from tunesmith.config.schema import Config
+from tunesmith.config.training_keys import check_training_keys
 from tunesmith.data.identity import same_tokenizer, tokenizer_identity
 from tunesmith.data.pack import examples_per_row
 from tunesmith.data.prepare import load_prepared
 from tunesmith.data.write import read_meta
 from tunesmith.errors import ModelError
 from tunesmith.hf import load_tokenizer
-from tunesmith.ship.card import write_card
 from tunesmith.train import artifacts
-from tunesmith.train.arguments import check_training_keys, training_arguments
+from tunesmith.train.arguments import training_arguments
 from tunesmith.train.checkpoints import MarkCompleteCheckpoints, is_finished, load_finished, resume_point
 from tunesmith.train.chunked_ce import release_buffers
 from tunesmith.train.collate import PadCollator
@@ -126,12 +126,7 @@ def train(cfg: Config) -> dict:
     }
     if is_main_process():
         artifacts.plot_losses(out / "metrics.jsonl", out / "loss.png")
-        artifacts.write_summary(out, summary)
-        for folder in (final, merged):  # the model card needs the run's figures, so it comes after summary.json
-            if folder is not None:
-                write_card(folder, cfg, out)
-        if cfg.model.upload_to:
-            artifacts.upload(out, cfg.model.upload_to)
+        artifacts.write_summary(out, summary)  # the model cards quote it: cli.py writes them next (ship/card.py)
         print(f"tunesmith: trained {summary['steps']} steps in {summary['wall_seconds']}s; model in {final}", file=sys.stderr)
     return summary
 

@@ -194,7 +194,7 @@ def _finetune(raw: dict, out: dict, data: dict, notes: list[str]) -> None:
 
 
 def _check_training_keys(training: dict) -> None:
-    from tunesmith.train.arguments import OWNED, valid_fields
+    from tunesmith.config.training_keys import OWNED, valid_fields
 
     import difflib
 
