@@ -66,9 +66,9 @@ def test_packed_examples_do_not_see_each_other(tiny_llama, attn):
         assert (leaky[7:18] - losses[0, 7:18]).abs().max() > 1e-3
 
 
-def test_varlen_attention_under_bf16_autocast_runs_in_fp32_and_hands_on_bf16():
+def test_varlen_attention_under_bf16_autocast_runs_short_examples_in_fp32_and_hands_on_bf16():
     # Under bf16 autocast the rotary embedding hands q and k over in fp32 and v in bf16; on the
-    # CPU the kernel runs in fp32 (faster there) and the output is bf16, as sdpa's would be.
+    # CPU a short example's kernel runs in fp32 (faster there) and the output is bf16, as sdpa's would be.
     torch.manual_seed(0)
     q = torch.randn(1, 4, 20, 16, requires_grad=True)
     k = torch.randn(1, 2, 20, 16, requires_grad=True)
@@ -82,6 +82,23 @@ def test_varlen_attention_under_bf16_autocast_runs_in_fp32_and_hands_on_bf16():
     assert torch.equal(out, ref.transpose(1, 2).bfloat16())  # fp32 attention per example, rounded once
     out.float().square().sum().backward()
     assert q.grad.dtype == torch.float32 and v.grad.dtype == torch.bfloat16 and v.grad.abs().sum() > 0
+
+
+def test_varlen_attention_runs_long_examples_in_bf16_on_the_cpu(monkeypatch):
+    # Past FP32_ON_CPU_UP_TO tokens the quadratic part dominates and the CPU kernel is faster in bf16.
+    from tunesmith.train import attention
+
+    monkeypatch.setattr(attention, "FP32_ON_CPU_UP_TO", 10)
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 4, 20, 16), torch.randn(1, 2, 20, 16)
+    v = torch.randn(1, 2, 20, 16).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = sdpa_varlen_forward(None, q, k, v, None, cu_seq_lens_q=torch.tensor([0, 12, 20], dtype=torch.int32))
+    long_one = F.scaled_dot_product_attention(q[:, :, :12].bfloat16(), k[:, :, :12].bfloat16(), v[:, :, :12],
+                                              is_causal=True, enable_gqa=True)  # 12 tokens: over the limit, bf16
+    short_one = F.scaled_dot_product_attention(q[:, :, 12:], k[:, :, 12:], v[:, :, 12:].float(), is_causal=True,
+                                               enable_gqa=True).bfloat16()  # 8 tokens: fp32, rounded once
+    assert torch.equal(out, torch.cat([long_one, short_one], 2).transpose(1, 2))
 
 
 def test_first_label_of_each_packed_example_is_masked():
