@@ -16,8 +16,8 @@ and nearly all of them are response tokens, all trained.
 Both sides: the precision this hardware runs natively (bf16 where the CPU has AVX512-BF16/AMX or
 the GPU supports it, else fp32), gradient checkpointing on (the long-row setting; off it, 16k
 rows keep ~30 layers of activations), batch 1 (no padding, so TRL's padding-free option changes
-nothing). SmolLM2's max_position_embeddings is 8192: the model folder used here says 32768, so
-16k rows run; RoPE (theta 100,000) extends as it is, no scaling. That changes no cost (memory and
+nothing). SmolLM2's max_position_embeddings is 8192: the model folder used here says twice the
+longest length, so long rows run; RoPE (theta 100,000) extends as it is, no scaling. That changes no cost (memory and
 time per token are the same whatever the positions mean), only what the model would learn there.
 """
 from __future__ import annotations

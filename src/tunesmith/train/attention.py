@@ -111,8 +111,8 @@ def kernel_dtype(device: str, out_dtype: torch.dtype, length: int) -> torch.dtyp
     autocast dtype, as sdpa would give). On the CPU short examples run in fp32: under bf16 autocast
     the rotary embedding already hands q and k over in fp32, and the CPU flash kernel is as fast or
     faster in fp32 there (SmolLM2, dolly rows: 95 vs 122 ms fwd+bwd per layer for 24 examples).
-    Longer ones run in bf16, which the kernel does faster as the quadratic part grows (fwd+bwd,
-    9 heads of 64: bf16/fp32 time 1.02 at 512 tokens, 0.90 at 1k, 0.85 at 4k, 0.76 at 8k)."""
+    Longer ones run in bf16, which the kernel does faster there (bench/attention_dtype.py, SmolLM2's
+    heads, fwd+bwd: bf16/fp32 time 1.22 at 256 tokens, 0.97 at 512, 0.80-0.81 from 1k to 8k)."""
     if device == "cpu" and length <= FP32_ON_CPU_UP_TO:
         return torch.float32
     return out_dtype
