@@ -70,7 +70,6 @@ def case(model_dir: str, layout: str, n_ex: int, rows: int, bf16: bool, steps: i
             "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-
 if __name__ == "__main__":
     if sys.argv[1] == "w":
         print("RESULT " + json.dumps(case(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1", int(sys.argv[7]))))

@@ -57,8 +57,12 @@ def remove_leftovers(out: Path) -> None:
     for kind in ("tmp", "old") if out.exists() else ("tmp",):  # no `out`: the old one is the only result left
         for path in out.parent.glob(f".{out.name}.{kind}-{host}-*"):
             pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if not pid.isdigit() or alive(int(pid)):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def alive(pid: int) -> bool:

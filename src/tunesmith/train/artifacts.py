@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from tunesmith.config.schema import Config
-from tunesmith.data.prompt_settings import PROMPT_FILE, settings_text
 from tunesmith.config.secrets import mask_url
+from tunesmith.data.prompt_settings import PROMPT_FILE, settings_text
 from tunesmith.errors import ConfigError, OutputError
 from tunesmith.hf import complete_folder, save_folder
 from tunesmith.train.distributed import barrier, is_distributed, is_main_process

@@ -97,10 +97,12 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, dropout=0.0, 
             work = kernel_dtype(query.device.type, out_dtype, n)
             out = F.scaled_dot_product_attention(qs.to(work), ks.to(work), vs.to(work), is_causal=True, scale=scaling,
                                                  enable_gqa=gqa, dropout_p=dropout)
-            outs.append(out.to(out_dtype))
+            outs.append(out)
+    if len({o.dtype for o in outs}) > 1:  # short and long examples in one row: one dtype to join them
+        outs = [o.to(out_dtype) for o in outs]
     out = torch.cat(outs, dim=2).view(heads, rows, width, dim)
-    # (rows, width, heads, dim) like sdpa_attention_forward
-    return out.permute(1, 2, 0, 3).contiguous(), None
+    # (rows, width, heads, dim) like sdpa_attention_forward, in one copy that also casts
+    return out.permute(1, 2, 0, 3).to(out_dtype, memory_format=torch.contiguous_format), None
 
 
 FP32_ON_CPU_UP_TO = 512  # tokens: the longest example whose attention the CPU runs in fp32

@@ -85,9 +85,14 @@ def trained_positions_unsupported(model) -> str | None:
         return f"{type(lm).__name__} is not laid out as a decoder at .model and a head at .lm_head"
     params = list(lm.parameters())
     if any(p.device.type == "meta" or p.numel() == 0 for p in params):  # not materialised (e.g. ZeRO-3): keys only
-        keys = [k for k in LOGIT_CHANGING_KEYS if getattr(lm.config, k, None) not in (None, 1, 1.0)]
+        keys = logit_changing_keys(lm)
         return f"the logits are changed after lm_head ({', '.join(keys)})" if keys else None
     return _probe_logits(lm)
+
+
+def logit_changing_keys(lm) -> list[str]:
+    """The config keys set to something that changes the logits after lm_head."""
+    return [k for k in LOGIT_CHANGING_KEYS if getattr(lm.config, k, None) not in (None, 1, 1.0)]
 
 
 def _probe_logits(lm) -> str | None:
@@ -121,8 +126,8 @@ def _probe_logits(lm) -> str | None:
     if not torch.equal(head_in, hidden):
         return "lm_head does not read the decoder's last hidden state unchanged"
     if not torch.equal(logits, head_out.to(logits.dtype)):  # an upcast alone changes nothing the loss computes
-        keys = [k for k in LOGIT_CHANGING_KEYS if getattr(lm.config, k, None) not in (None, 1, 1.0)]
-        return f"the logits are changed after lm_head ({', '.join(keys) or 'soft-capping or scaling'})"
+        named = ", ".join(logit_changing_keys(lm)) or "soft-capping or scaling"
+        return f"the logits are changed after lm_head ({named})"
     return None
 
 
