@@ -8,6 +8,9 @@ Each (side, method, length) runs in its own process under a watchdog that kills 
 (with its children) passes --cap-gb; it is then reported as "over the cap" and the side's longer
 lengths are skipped. Prints peak RSS and trained tokens/s per length, the longest length that
 trained under the cap, and the memory per token from the measured slope, extrapolated to 24 GB.
+Each run line also gives the peak memory in use (what malloc handed out and not taken back,
+sampled every 20 ms): RSS minus that is freed memory the allocator kept resident, which
+tunesmith's `release_memory` gives back between layers (`--release-memory off` to compare).
 
 Rows are real text: a dolly prompt followed by dolly responses joined until the row is longer than
 the max length, then truncated to it (keep the start), so every row has exactly `length` tokens
@@ -55,25 +58,64 @@ def long_rows(n: int, length: int) -> list[dict]:
 # ---- worker: one configuration, in its own process ----------------------------------------------
 
 def worker(side: str, method: str, model_dir: str, data: str, length: int, checkpointing: bool, bf16: bool,
-           out: str) -> None:
+           out: str, release: str) -> None:
     import torch
 
     torch.manual_seed(0)
     work = Path(out).parent / f"{side}_{method}_{length}"
-    run = run_tunesmith if side == "tunesmith" else run_trl
-    result = run(method, model_dir, data, length, checkpointing, bf16, work)
+    sampler = InUseSampler()
+    if side == "tunesmith":
+        result = run_tunesmith(method, model_dir, data, length, checkpointing, bf16, work, release)
+    else:
+        result = run_trl(method, model_dir, data, length, checkpointing, bf16, work)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_in_use_mb"] = sampler.stop()
     Path(out).write_text(json.dumps(result))
 
 
-def run_tunesmith(method, model_dir, data, length, checkpointing, bf16, work) -> dict:
+class InUseSampler:
+    """The peak of what malloc has handed out and not taken back (glibc's mallinfo2: heap blocks in
+    use plus mmapped blocks), every 20 ms: the memory the process asked for, against the resident
+    memory (RSS), which also counts freed memory the allocator kept. None where it is not glibc."""
+
+    def __init__(self):
+        import ctypes
+        import threading
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in
+                        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+        try:
+            self.mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+        except (OSError, AttributeError):
+            self.mallinfo2 = None
+            return
+        self.mallinfo2.restype = MallInfo2
+        self.peak, self.done = 0, threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        while not self.done.wait(0.02):
+            info = self.mallinfo2()
+            self.peak = max(self.peak, info.uordblks + info.hblkhd)
+
+    def stop(self) -> float | None:
+        if self.mallinfo2 is None:
+            return None
+        self.done.set()
+        self.thread.join()
+        return round(self.peak / 2**20, 1)
+
+
+def run_tunesmith(method, model_dir, data, length, checkpointing, bf16, work, release="auto") -> dict:
     from tunesmith.config.load import validate
     from tunesmith.data.prepare import prepare
     from tunesmith.train.run import train
 
     cfg = validate({"base_model": model_dir, "output_dir": str(work),
                     "data": {"train": {"data_files": data}, "max_length": length, "overlength": "truncate"},
-                    "model": {"method": method},
+                    "model": {"method": method, "speedups": {"release_memory": release}},
                     "training": {"per_device_train_batch_size": 1, "num_train_epochs": 1, "learning_rate": LR,
                                  "gradient_checkpointing": checkpointing, "bf16": bf16, "logging_steps": 1000,
                                  "save_strategy": "no", "disable_tqdm": True}})
@@ -128,12 +170,14 @@ def main() -> None:
     ap.add_argument("--sides", nargs="+", default=["tunesmith", "trl"], choices=["tunesmith", "trl"])
     ap.add_argument("--no-checkpointing", action="store_true", help="gradient checkpointing off for both sides")
     ap.add_argument("--precision", default="native", choices=["native", "fp32", "bf16"])
+    ap.add_argument("--release-memory", default="auto", choices=["auto", "off"],
+                    help="tunesmith's model.speedups.release_memory (memory given back between layers)")
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=9, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        side, method, model_dir, data, length, ckpt, bf16, out = args.worker
-        worker(side, method, model_dir, data, int(length), ckpt == "1", bf16 == "1", out)
+        side, method, model_dir, data, length, ckpt, bf16, out, release = args.worker
+        worker(side, method, model_dir, data, int(length), ckpt == "1", bf16 == "1", out, release)
         return
 
     bf16 = native_bf16() if args.precision == "native" else args.precision == "bf16"
@@ -160,7 +204,7 @@ def main() -> None:
                     continue
                 out = tmp / f"{side}_{method}_{length}.json"
                 cmd = [sys.executable, __file__, "--worker", side, method, model_dir, str(tmp / f"rows_{length}.jsonl"),
-                       str(length), "1" if ckpt else "0", "1" if bf16 else "0", str(out)]
+                       str(length), "1" if ckpt else "0", "1" if bf16 else "0", str(out), args.release_memory]
                 outcome, seen, tail = watched(cmd, args.cap_gb * 1024, args.limit_min * 60)
                 r = json.loads(out.read_text()) if outcome == "ok" else {}
                 r.update(outcome=outcome, watchdog_peak_mb=round(seen))
@@ -181,13 +225,14 @@ def line(key: tuple, r: dict) -> str:
         return f"{side:10} {method:5} {length:>6}  {r['outcome']}" + (
             f" (highest RSS seen {r['watchdog_peak_mb']:,} MB)" if "watchdog_peak_mb" in r else "")
     tps = r["trained_tokens"] / max(r["train_seconds"], 1e-9)
-    return (f"{side:10} {method:5} {length:>6}  {r['peak_rss_mb']:>9,.0f} MB  {tps:8,.0f} trained tok/s  "
+    in_use = f" ({r['peak_in_use_mb']:,.0f} MB in use)" if r.get("peak_in_use_mb") else ""
+    return (f"{side:10} {method:5} {length:>6}  {r['peak_rss_mb']:>9,.0f} MB RSS{in_use}  {tps:8,.0f} trained tok/s  "
             f"({r['tokens'] / max(r['steps'], 1):,.0f} tokens/row, {r['steps']} steps, {r['train_seconds']:.0f}s)")
 
 
 def report(results: dict, args, precision: str, ckpt: bool) -> None:
     print(f"\nSmolLM2-135M, batch 1, {args.steps} steps per length, {precision}, gradient checkpointing "
-          f"{'on' if ckpt else 'off'}, cap {args.cap_gb:g} GB RSS per run")
+          f"{'on' if ckpt else 'off'}, tunesmith release_memory {args.release_memory}, cap {args.cap_gb:g} GB RSS per run")
     print(f"{'':16}" + "".join(f"{n:>22}" for n in args.lengths))
     print(f"{'':16}" + "".join(f"{'peak MB   tok/s':>22}" for _ in args.lengths))
     for side, method in CONFIGS:

@@ -1,6 +1,7 @@
 """Activation (gradient) checkpointing together with every tunesmith speed-up: the trained-positions
 loss in the forward, the shared norm casts, the MLP that recomputes silu, attention per example
-on padding-free rows. Recomputing a block must give the loss and gradients of keeping it."""
+on padding-free rows, and (on a CPU) the memory given back between layers. Recomputing a block
+must give the loss and gradients of keeping it."""
 from types import SimpleNamespace
 
 import pytest
@@ -11,9 +12,12 @@ from test_train import first_update
 from tunesmith.config.schema import Config
 from tunesmith.hf import IGNORE
 from tunesmith.train.collate import PadCollator
+from tunesmith.train import memory
+from tunesmith.train.autocast import decoder_layers
 from tunesmith.train.model import add_lora
 from tunesmith.train.speedups import apply_speedups
 
+ON_CPU = not torch.cuda.is_available()
 
 
 def rows_of_different_lengths() -> list[dict]:
@@ -25,16 +29,18 @@ def rows_of_different_lengths() -> list[dict]:
     return rows
 
 
-def with_speedups(tiny_llama, method: str):
-    """The model as train/run.py sets it up: every speed-up of the registry that applies (all but Liger)."""
+def with_speedups(tiny_llama, method: str, checkpointing: bool = True):
+    """The model as train/run.py sets it up: every speed-up of the registry that applies (all but
+    Liger; release_memory where the run checkpoints on a CPU)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     cfg = Config.model_validate({"base_model": str(tiny_llama), "data": {"train": {"data_files": "x.jsonl"}}})
     if method == "lora":
         model = add_lora(model, cfg)
     args = SimpleNamespace(use_liger_kernel=False, liger_kernel_config=None, label_smoothing_factor=0.0,
-                           ddp_find_unused_parameters=None)
+                           ddp_find_unused_parameters=None, activation_checkpointing=checkpointing)
     report = apply_speedups(model, cfg.model, args, {})
-    assert report.applied == ["trained_positions_loss", "varlen_attention", "norm_casts", "swiglu"]
+    release = ["release_memory"] if checkpointing and ON_CPU else []
+    assert report.applied == ["trained_positions_loss", "varlen_attention", "norm_casts", "swiglu", *release]
     return model.train()
 
 
@@ -84,3 +90,34 @@ def test_training_with_checkpointing_takes_the_same_step(tmp_path, tiny_llama):
     assert max((plain[k] - start[k]).abs().max().item() for k in start) > 1e-3
     for other in (checkpointed, offloaded):
         assert max((plain[k] - other[k]).abs().max().item() for k in plain) < 1e-6
+
+
+@pytest.mark.skipif(not ON_CPU, reason="memory is given back between layers on a CPU only")
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_memory_is_given_back_around_each_layer_and_changes_nothing(tiny_llama, method, monkeypatch):
+    real = memory.malloc_trim()
+    assert real is not None  # the suite runs on glibc
+    calls = []
+    monkeypatch.setattr(memory, "malloc_trim", lambda: lambda pad: calls.append(pad) or real(pad))
+    monkeypatch.setattr(memory, "FROM_TOKENS", 40)  # the batch: 40 tokens
+    batch = PadCollator(pad_id=0, padding_free=True, segment_kwargs=True)(rows_of_different_lengths())
+    torch.manual_seed(0)  # the same LoRA initialisation for both
+    plain = with_speedups(tiny_llama, method, checkpointing=False)
+    torch.manual_seed(0)
+    released = with_speedups(tiny_llama, method)
+    for model in (plain, released):
+        model.activation_checkpointing_enable()
+    want_loss, want = loss_and_grads(plain, batch, autocast=True)
+    assert calls == []
+    got_loss, got = loss_and_grads(released, batch, autocast=True)
+    # once after each layer's forward, once before its backward; not again in the recompute
+    assert len(calls) == 2 * len(decoder_layers(released)) > 0
+    assert torch.equal(got_loss, want_loss)
+    assert want.keys() == got.keys() and all(torch.equal(got[n], want[n]) for n in want)
+    calls.clear()
+    with torch.no_grad():
+        released.eval()(**batch)
+    assert calls == []  # evaluation is left alone
+    monkeypatch.setattr(memory, "FROM_TOKENS", 41)
+    loss_and_grads(released.train(), batch, autocast=True)
+    assert calls == []  # nor a step shorter than FROM_TOKENS

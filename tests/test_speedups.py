@@ -114,6 +114,22 @@ def test_the_registry_applies_what_the_structure_allows_and_says_why_not(family)
             assert reason in report.skipped[name], report.skipped[name]
 
 
+@pytest.mark.parametrize("family,why_not", [("llama", None), ("gpt2", "no decoder layers at model.layers")])
+def test_memory_is_given_back_between_layers_only_with_checkpointing_on_a_cpu(family, why_not):
+    _, report = with_speedups(tiny_model(family))
+    assert report.skipped["release_memory"] == "gradient checkpointing is off (activations stay until the backward pass)"
+    _, report = with_speedups(tiny_model(family), args=fake_args(activation_checkpointing=True))
+    if torch.cuda.is_available():
+        assert "GPU" in report.skipped["release_memory"]
+    elif why_not:
+        assert report.skipped["release_memory"] == why_not
+    else:
+        assert report.uses("release_memory")
+    off = ModelConfig.model_validate({"speedups": {"release_memory": "off"}})
+    _, report = with_speedups(tiny_model(family), off, args=fake_args(activation_checkpointing=True))
+    assert report.skipped["release_memory"] == "off in the config (model.speedups.release_memory)"
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_loss_and_gradients_with_every_speedup_equal_those_with_none(family):
     plain = tiny_model(family)

@@ -43,6 +43,11 @@ class SpeedupsConfig(_Strict):
     swiglu: SpeedupSwitch = Field(
         "auto", description="the MLP's silu(gate) * up recomputes silu(gate) in backward instead of keeping it; auto "
                             "for SiLU-gated MLPs (gate_proj/up_proj or gate_up_proj) unless Liger's SwiGLU runs")
+    release_memory: SpeedupSwitch = Field(
+        "auto", description="give the memory each decoder layer freed back to the system (glibc's malloc_trim after "
+                            "each layer's forward and before its backward): resident memory stays near what the "
+                            "tensors use on long rows; auto on a CPU with gradient checkpointing and glibc, in steps of "
+                            "8,192 tokens or more")
 
     @field_validator("*", mode="before")
     @classmethod

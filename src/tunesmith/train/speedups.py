@@ -24,7 +24,7 @@ import torch
 from packaging.version import Version
 
 from tunesmith.errors import ConfigError
-from tunesmith.train import attention, autocast, loss, swiglu
+from tunesmith.train import attention, autocast, loss, memory, swiglu
 from tunesmith.train.distributed import is_main_process
 from tunesmith.train.model import base_causal_lm
 
@@ -98,6 +98,10 @@ REGISTRY: tuple[Speedup, ...] = (
     Speedup("swiglu", "autograd's silu(gate) * up, which keeps silu(gate): one step that recomputes it (swiglu.py)",
             "model.speedups.swiglu", lambda model, setup: swiglu.swiglu_unsupported(model),
             lambda model, setup: swiglu.use_memory_saving_swiglu(model)),
+    Speedup("release_memory", "glibc keeping the memory a layer freed resident: malloc_trim after each decoder "
+            "layer's forward and before its backward, with gradient checkpointing on a CPU (memory.py)",
+            "model.speedups.release_memory", lambda model, setup: memory.release_memory_unsupported(model, setup.args),
+            lambda model, setup: memory.release_memory_between_layers(model)),
 )
 
 # (kept, dropped): both replace the same modules' forward; the first, when applied, wins.
