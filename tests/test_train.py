@@ -260,7 +260,10 @@ def test_auto_attention_on_cpu_trains_with_sdpa_and_liger_asked_for_without_gpu_
     assert summary["attention"] == "sdpa" and summary["attention_per_example"] and summary["liger_kernels"] is False
     # every speed-up the registry applied, and why the others were not
     assert summary["speedups"]["applied"] == ["trained_positions_loss", "varlen_attention", "norm_casts", "swiglu"]
-    assert summary["speedups"]["skipped"] == {"liger": "needs a CUDA GPU"} and summary["loss"] == "trained_positions"
+    assert summary["speedups"]["skipped"] == {
+        "liger": "needs a CUDA GPU",
+        "release_memory": "gradient checkpointing is off (activations stay until the backward pass)"}
+    assert summary["loss"] == "trained_positions"
 
 
 def test_token_counts_are_the_same_with_dataloader_workers(tmp_path, tiny_llama):
