@@ -13,8 +13,7 @@ from tunesmith.config.schema import Config
 from tunesmith.hf import IGNORE
 from tunesmith.train.collate import PadCollator
 from tunesmith.train import memory
-from tunesmith.train.autocast import decoder_layers
-from tunesmith.train.model import add_lora
+from tunesmith.train.model import add_lora, decoder_layers
 from tunesmith.train.speedups import apply_speedups
 
 ON_CPU = not torch.cuda.is_available()

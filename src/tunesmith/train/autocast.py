@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from tunesmith.train.model import base_causal_lm
+from tunesmith.train.model import decoder_layers
 
 # The pre-norm block: these two norms, and no other, as children of each decoder layer.
 NORMS_BEFORE_LINEARS = {"input_layernorm", "post_attention_layernorm"}
@@ -26,12 +26,6 @@ def _cast_to_autocast_dtype(module, args, output):
     if torch.is_autocast_enabled(device) and output.dtype == torch.float32:
         return output.to(torch.get_autocast_dtype(device))
     return output
-
-
-def decoder_layers(model) -> list:
-    """The decoder blocks of a *ForCausalLM laid out as `model.layers` (Llama and its kin), else []."""
-    layers = getattr(getattr(base_causal_lm(model), "model", None), "layers", None)
-    return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
 
 
 def _norm_children(layer) -> set[str]:

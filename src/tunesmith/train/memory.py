@@ -6,13 +6,15 @@ keeps one (the next layer's input, saved for the backward pass). glibc places th
 the freed blocks, the next layer's bigger blocks do not fit the holes, and the heap grows by
 about a layer's worth of transients per layer: the holes stay resident. For SmolLM2-135M on one
 8k-token row, the tensors alive at any moment never pass ~2.0 GB while the process's resident
-memory reaches 5.0 GB, and the gap grows with the row's length (bench/long_rows.py).
+memory reaches 4.2-5.0 GB (bench/long_rows.py). How much varies from run to run and by length:
+tensors over glibc's mmap limit (32 MB at most) get mappings of their own, returned when freed.
 
 `malloc_trim(0)` returns the free pages of every arena to the system (glibc madvises whole free
 pages, also in the middle of the heap). Called after each layer's forward and before each
-layer's backward it keeps resident memory near what the tensors use: 3.1 GB instead of 5.0 GB in
-that example, for ~30 ms a call and the page faults of touching returned pages again (measured:
-docs/scale.md). Only for steps of FROM_TOKENS tokens or more: below, the gain is small. Not for GPU runs (PyTorch's caching allocator holds GPU memory), not without
+layer's backward it keeps resident memory near what the tensors use: 3.1 GB instead of 4.2-5.0 GB
+in that example, for up to ~30 ms a call and the page faults of touching returned pages again
+(5-7% of the step there; docs/scale.md). Only for steps of FROM_TOKENS tokens or more: below,
+the gain is small. Not for GPU runs (PyTorch's caching allocator holds GPU memory), not without
 gradient checkpointing (then every layer's activations live until the backward anyway), not
 where the C library is not glibc (macOS, musl: no malloc_trim).
 """
@@ -24,7 +26,7 @@ import functools
 
 import torch
 
-from tunesmith.train.autocast import decoder_layers
+from tunesmith.train.model import decoder_layers
 
 
 @functools.cache
@@ -48,8 +50,8 @@ def release_memory_unsupported(model, args) -> str | None:
     """Why trimming between layers does not apply to this run; None when it does."""
     if not checkpointing_on(args):
         return "gradient checkpointing is off (activations stay until the backward pass)"
-    params = list(model.parameters())
-    if torch.cuda.is_available() or (params and params[0].device.type != "cpu"):
+    first = next(model.parameters(), None)
+    if torch.cuda.is_available() or (first is not None and first.device.type != "cpu"):
         return "the model runs on a GPU (PyTorch's caching allocator holds its memory)"
     if malloc_trim() is None:
         return "the C library has no malloc_trim (not glibc)"
@@ -59,7 +61,7 @@ def release_memory_unsupported(model, args) -> str | None:
 
 
 # Below this many tokens in a step the gain is small and the page faults cost more (SmolLM2,
-# measured: 4k tokens -180 MB for +10% step time; 8k tokens -1.9 GB for +5%).
+# measured: 4k tokens -180 MB for +10% step time; 8k tokens -1.1 to -1.9 GB for +5-7%).
 FROM_TOKENS = 8192
 
 

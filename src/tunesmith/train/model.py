@@ -48,6 +48,12 @@ def base_causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def decoder_layers(model) -> list:
+    """The decoder blocks of a *ForCausalLM laid out as `model.layers` (Llama and its kin), else []."""
+    layers = getattr(getattr(base_causal_lm(model), "model", None), "layers", None)
+    return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
+
+
 def _bnb_config(bits: int, compute_dtype: torch.dtype):
     if not torch.cuda.is_available():
         raise ModelError("model.method qlora needs a CUDA GPU (bitsandbytes 4/8-bit kernels); none is available",
