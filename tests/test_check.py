@@ -1,6 +1,9 @@
 """`tunesmith check`: a preflight that writes nothing, lists every problem, and estimates the run."""
+import pytest
+
 from helpers import write_config, write_jsonl
 from tunesmith.cli import main
+from tunesmith.config import load_config
 
 ROWS = [{"prompt": f"Q: what is {i} plus {i}?\nA: ", "response": f"{2 * i}"} for i in range(40)]
 
@@ -39,3 +42,32 @@ def test_check_lists_every_problem_at_once(tmp_path, tiny_llama, capsys):
     assert "1 of 12 sampled rows are malformed, e.g. row 10: field 'response' is empty" in err
     assert "1 of 12 sampled rows are over data.max_length=512, e.g. row 11" in err
     assert not (tmp_path / "out").exists()
+
+
+def estimated_peak_mb(tmp_path, name: str, training: dict) -> int:
+    """check's memory estimate for 8 rows of 2k tokens on a 16-layer, 1024-wide Llama."""
+    from transformers import LlamaConfig
+
+    from tunesmith.check import estimate
+
+    cfg = load_config(write_config(tmp_path / f"{name}.yaml", {
+        "base_model": "unused", "output_dir": "out", "data": {"train": {"data_files": "rows.jsonl"}, "max_length": 2048},
+        "training": {"per_device_train_batch_size": 8, **training}}))
+    model_config = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16, vocab_size=32000)
+    train = {"rows_kept_est": 800, "tokens_est": 800 * 2000, "trained_tokens_est": 800 * 1000}
+    return estimate(cfg, model_config, train)["peak_memory_mb"]
+
+
+@pytest.mark.parametrize("training", [{"gradient_checkpointing": True}, {"activation_checkpointing": True},
+                                      {"gradient_checkpointing": True, "activation_checkpointing": False},
+                                      {"gradient_checkpointing": False, "activation_checkpointing": True}])
+def test_estimate_counts_activations_as_the_trainer_will_keep_them(tmp_path, training):
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name is an
+    alias the new one overrides): the estimate follows whichever the Trainer will act on."""
+    from transformers import TrainingArguments
+
+    recomputes = TrainingArguments(output_dir=str(tmp_path / "args"), use_cpu=True, **training).activation_checkpointing
+    on = estimated_peak_mb(tmp_path, "on", {"activation_checkpointing": True})
+    off = estimated_peak_mb(tmp_path, "off", {})
+    assert off - on > 4000  # 16k tokens of 16 layers' activations, kept without recomputation
+    assert estimated_peak_mb(tmp_path, "user", training) == (on if recomputes else off)

@@ -188,8 +188,12 @@ def test_out_of_memory_names_the_knobs_for_this_run(tmp_path, tiny_llama, monkey
     assert main(["run", str(setup(tmp_path, tiny_llama))]) == 2
     err = capsys.readouterr().err
     assert "out of GPU memory while training" in err and "Traceback" not in err, err[-1500:]
-    for knob in ("per_device_train_batch_size: 2", "data.max_length: 64", "gradient_checkpointing: true", "model.method: lora"):
+    for knob in ("per_device_train_batch_size: 2", "data.max_length: 64", "activation_checkpointing: true", "model.method: lora"):
         assert knob in err, knob
+    # transformers 5's name for it: already on, so not offered again
+    assert main(["run", str(setup(tmp_path, tiny_llama, activation_checkpointing=True))]) == 2
+    err = capsys.readouterr().err
+    assert "out of GPU memory while training" in err and "checkpointing" not in err, err[-1500:]
 
 
 def fail_after_partial_write(monkeypatch, owner, method: str, on_call: int = 1) -> None:

@@ -142,6 +142,7 @@ def _model_problems(cfg: Config, model_config, tokenizer) -> list[str]:
 def estimate(cfg: Config, model_config, train: dict) -> dict:
     """Rough figures (docs/faults.md compares one with a real run): parameters from the config,
     optimizer state by method, activations per batch, and matmul speed measured on this machine."""
+    from tunesmith.config.training_keys import checkpointing_requested
     from tunesmith.train.arguments import default_bf16
 
     t = cfg.training
@@ -160,7 +161,7 @@ def estimate(cfg: Config, model_config, train: dict) -> dict:
     layers = getattr(model_config, "num_hidden_layers", 0) or 0
     mean_len = train["tokens_est"] / kept
     tokens_per_micro = t.get("per_device_train_batch_size", 8) * (cfg.data.max_length if cfg.data.packing else mean_len)
-    per_token = hidden * layers * (2 if t.get("gradient_checkpointing") else 34)  # bytes kept for backward (16-bit)
+    per_token = hidden * layers * (2 if checkpointing_requested(t) else 34)  # bytes kept for backward (16-bit)
     activations = tokens_per_micro * per_token
     # 6 FLOPs per parameter and token; the embedding is a lookup, and the output projection runs
     # only at trained positions (tunesmith's loss), so it counts for trained tokens only.

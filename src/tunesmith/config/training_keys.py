@@ -19,6 +19,14 @@ def valid_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
+def checkpointing_requested(training: dict) -> bool:
+    """Whether the Trainer will checkpoint activations for these `training:` keys. transformers 5
+    names it `activation_checkpointing`; `gradient_checkpointing` is its deprecated alias, used only
+    when the new name is unset (TrainingArguments.__post_init__ resolves them the same way)."""
+    new = training.get("activation_checkpointing")
+    return bool(training.get("gradient_checkpointing") if new is None else new)
+
+
 def check_training_keys(training: dict) -> None:
     """Unknown keys fail before any work starts, with the closest valid name."""
     valid = valid_fields()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from tunesmith.config.training_keys import checkpointing_requested
 from tunesmith.errors import ModelError, OutputError, TunesmithError
 from tunesmith.train.checkpoints import MARKER, latest_complete_checkpoint
 from tunesmith.train.distributed import sum_over_processes
@@ -153,8 +154,8 @@ def out_of_memory_error(e: BaseException, cfg, args) -> ModelError:
     knobs = [f"training.per_device_train_batch_size: {args.per_device_train_batch_size} (lower it; raise "
              f"training.gradient_accumulation_steps, now {args.gradient_accumulation_steps}, to keep the batch)",
              f"data.max_length: {cfg.data.max_length} (shorter rows; then prep again)"]
-    if not t.get("gradient_checkpointing"):
-        knobs.append("training.gradient_checkpointing: true (recompute activations)")
+    if not checkpointing_requested(t):
+        knobs.append("training.activation_checkpointing: true (recompute activations)")
     if cfg.model.method == "full":
         knobs.append("model.method: lora (or qlora on a CUDA GPU): no optimizer state for the base weights")
     if cfg.data.packing:

@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from transformers.utils import is_flash_attn_2_available
 
 from tunesmith.config.schema import Config
+from tunesmith.config.training_keys import checkpointing_requested
 from tunesmith.errors import ModelError
 from tunesmith.hf import resolve_dtype
 from tunesmith.modelref import local_model
@@ -85,7 +86,7 @@ def add_lora(model: PreTrainedModel, cfg: Config):
 
     lc = cfg.model.lora
     if cfg.model.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.training.get("gradient_checkpointing")))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing_requested(cfg.training))
     targets = lc.target_modules or lora_targets(model)
     peft_config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                              task_type="CAUSAL_LM", bias="none")
