@@ -6,11 +6,12 @@ SFTTrainer, full fine-tuning and LoRA, batch 1, a few optimizer steps per length
 
 Each (side, method, length) runs in its own process under a watchdog that kills it when its RSS
 (with its children) passes --cap-gb; it is then reported as "over the cap" and the side's longer
-lengths are skipped. Prints peak RSS and trained tokens/s per length, the longest length that
-trained under the cap, and the memory per token from the measured slope, extrapolated to 24 GB.
-Each run line also gives the peak memory in use (what malloc handed out and not taken back,
-sampled every 20 ms): RSS minus that is freed memory the allocator kept resident, which
-tunesmith's `release_memory` gives back between layers (`--release-memory off` to compare).
+lengths are skipped. Prints, per length, peak RSS, the peak memory in use (what malloc handed out
+and not taken back, sampled every 20 ms: RSS minus that is freed memory the allocator kept
+resident, which tunesmith's `release_memory` gives back between layers; `--release-memory off` to
+compare) and trained tokens/s; then the longest length that trained under the cap and, from the
+growth of the memory in use between the two longest lengths, how far 24 GB would reach
+(extrapolated).
 
 Rows are real text: a dolly prompt followed by dolly responses joined until the row is longer than
 the max length, then truncated to it (keep the start), so every row has exactly `length` tokens
@@ -233,8 +234,8 @@ def line(key: tuple, r: dict) -> str:
 def report(results: dict, args, precision: str, ckpt: bool) -> None:
     print(f"\nSmolLM2-135M, batch 1, {args.steps} steps per length, {precision}, gradient checkpointing "
           f"{'on' if ckpt else 'off'}, tunesmith release_memory {args.release_memory}, cap {args.cap_gb:g} GB RSS per run")
-    print(f"{'':16}" + "".join(f"{n:>22}" for n in args.lengths))
-    print(f"{'':16}" + "".join(f"{'peak MB   tok/s':>22}" for _ in args.lengths))
+    print(f"{'':16}" + "".join(f"{n:>24}" for n in args.lengths))
+    print(f"{'':16}" + "".join(f"{'RSS  in use  tok/s':>24}" for _ in args.lengths))
     for side, method in CONFIGS:
         if side not in args.sides or method not in args.methods:
             continue
@@ -242,28 +243,35 @@ def report(results: dict, args, precision: str, ckpt: bool) -> None:
         for n in args.lengths:
             r = results.get((side, method, n), {"outcome": "-"})
             if r["outcome"] == "ok":
-                cells.append(f"{r['peak_rss_mb']:>13,.0f} {r['trained_tokens'] / r['train_seconds']:>7,.0f}")
+                in_use = f"{r['peak_in_use_mb']:,.0f}" if r.get("peak_in_use_mb") else "?"
+                cells.append(f"{r['peak_rss_mb']:,.0f} {in_use:>7} {r['trained_tokens'] / r['train_seconds']:>6,.0f}")
             else:
-                cells.append(f"{r['outcome'][:21]:>21}")
-        print(f"{side + ' ' + method:16}" + "".join(f"{c:>22}" for c in cells))
-    print()
+                cells.append(f"{r['outcome'][:23]}")
+        print(f"{side + ' ' + method:16}" + "".join(f"{c:>24}" for c in cells))
+    print("(MB; tok/s: trained tokens per second of train_runtime)\n")
     for side, method in CONFIGS:
-        ok = [(n, results[(side, method, n)]["peak_rss_mb"]) for n in args.lengths
+        ok = [(n, results[(side, method, n)]) for n in args.lengths
               if results.get((side, method, n), {}).get("outcome") == "ok"]
         if not ok:
             continue
-        text = f"{side} {method}: longest under {args.cap_gb:g} GB: {ok[-1][0]:,}"
-        if len(ok) >= 2:
-            # least squares over every length that trained: one run's RSS peak moves by ~0.5 GB
-            lengths, peaks = zip(*ok)
-            mean_n, mean_m = sum(lengths) / len(ok), sum(peaks) / len(ok)
-            slope = (sum((n - mean_n) * (m - mean_m) for n, m in ok)
-                     / sum((n - mean_n) ** 2 for n in lengths))  # MB per token
-            at_24 = mean_n + (24 * 1024 - mean_m) / slope if slope > 0 else float("inf")
-            text += (f"; {slope * 1024:,.0f} KB per token (fit over {lengths[0]:,}-{lengths[-1]:,}), "
-                     f"so ~{at_24:,.0f} tokens would fit in 24 GB (extrapolated)")
-        print(text)
+        print(f"{side} {method}: longest under {args.cap_gb:g} GB: {ok[-1][0]:,}" + extrapolation(ok))
     print("\nreproduce: .venv/bin/python bench/long_rows.py " + shlex.join(sys.argv[1:]))
+
+
+
+def extrapolation(ok: list[tuple[int, dict]]) -> str:
+    """How far 24 GB would reach, from the two longest lengths: the slope of the memory in use
+    (activations; at short lengths the peak is the optimizer step, which does not grow, so a fit
+    over every length would understate it) added to the longest run's RSS. Extrapolated, not measured."""
+    if len(ok) < 2 or not all(r.get("peak_in_use_mb") for _, r in ok[-2:]):
+        return ""
+    (n0, r0), (n1, r1) = ok[-2:]
+    slope = (r1["peak_in_use_mb"] - r0["peak_in_use_mb"]) / (n1 - n0)  # MB per token
+    if slope <= 0:
+        return f"; memory in use did not grow from {n0:,} to {n1:,} (the peak is not the activations yet)"
+    at_24 = n1 + (24 * 1024 - r1["peak_rss_mb"]) / slope
+    return (f"; in use grows {slope * 1024:,.0f} KB per token from {n0:,} to {n1:,}, "
+            f"so ~{at_24:,.0f} tokens would fit in 24 GB (extrapolated, not measured)")
 
 
 if __name__ == "__main__":
