@@ -189,3 +189,13 @@ def schedule(cfg: dict, lr: float, max_duration: Duration, global_batch: int) ->
     if cfg.get("scale_warmup"):
         notes.append("scheduler.scale_warmup ignored: it only matters with a scale schedule ratio, which tunesmith does not use")
     return out, notes
+
+
+def section(cfg: dict, key: str, required: bool = False) -> dict:
+    """A top-level mapping of the YAML (model, optimizer, scheduler...), checked to be one."""
+    value = cfg.get(key)
+    if value is None and required:
+        raise ConfigError(f"{key}: required key is missing")
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+    return value or {}
