@@ -17,25 +17,17 @@ is this decoder's, the same with and without tunesmith's speed-ups.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import subprocess
 import sys
-import threading
+from pathlib import Path
 from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from long_rows import InUseSampler  # noqa: E402
 
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, rms_norm_eps=1e-5,
                     tie_word_embeddings=True, max_position_embeddings=65536)
-
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-
-def in_use_mb(libc) -> float:
-    info = libc.mallinfo2()
-    return (info.uordblks + info.hblkhd) / 2**20
 
 
 def measure(side: str, lora: bool, lengths: list[int]) -> None:
@@ -47,8 +39,6 @@ def measure(side: str, lora: bool, lengths: list[int]) -> None:
     from tunesmith.train.model import add_lora
     from tunesmith.train.speedups import apply_speedups
 
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOLLM2_135M), dtype=torch.float32)
     cfg = Config.model_validate({"base_model": "unused", "data": {"train": {"data_files": "unused.jsonl"}}})
@@ -62,7 +52,7 @@ def measure(side: str, lora: bool, lengths: list[int]) -> None:
         applied = apply_speedups(model, cfg.model, args, {}).applied
     else:
         applied = []
-    core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    core.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     for p in model.parameters():
         if p.requires_grad:
@@ -75,25 +65,16 @@ def measure(side: str, lora: bool, lengths: list[int]) -> None:
         else:
             batch = {"input_ids": torch.tensor([ids])}
         weights = torch.randn(n, SMOLLM2_135M["hidden_size"])
-        before = in_use_mb(libc)
-        peak, done = [before], threading.Event()
-
-        def sample():
-            while not done.wait(0.002):
-                peak[0] = max(peak[0], in_use_mb(libc))
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
+        sampler = InUseSampler(every=0.002)
+        before = sampler.restart()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             hidden = core.model(**batch).last_hidden_state
             loss = (hidden.float().reshape(n, -1) * weights).sum()
-        kept = in_use_mb(libc) - before
-        peak[0] = kept + before
+        kept = sampler.restart() - before
         loss.backward()
-        done.set()
-        thread.join()
+        top = sampler.stop() - before
         del loss, hidden
         if n in lengths:
-            top = peak[0] - before
             print(f"{side:9} {'lora' if lora else 'full':4} {n:>6}  kept {kept:7,.0f} MB ({kept * 1024 / n:5.1f} KB/token)  "
                   f"backward peak {top:7,.0f} MB ({top * 1024 / n:5.1f} KB/token)"
                   + (f"  speed-ups: {', '.join(applied)}" if n == lengths[0] and applied else ""), flush=True)

@@ -76,10 +76,11 @@ def worker(side: str, method: str, model_dir: str, data: str, length: int, check
 
 class InUseSampler:
     """The peak of what malloc has handed out and not taken back (glibc's mallinfo2: heap blocks in
-    use plus mmapped blocks), every 20 ms: the memory the process asked for, against the resident
-    memory (RSS), which also counts freed memory the allocator kept. None where it is not glibc."""
+    use plus mmapped blocks), sampled every `every` seconds: the memory the process asked for,
+    against the resident memory (RSS), which also counts freed memory the allocator kept. None
+    where it is not glibc. `restart()` starts a new peak from the memory in use now."""
 
-    def __init__(self):
+    def __init__(self, every: float = 0.02):
         import ctypes
         import threading
 
@@ -92,14 +93,24 @@ class InUseSampler:
             self.mallinfo2 = None
             return
         self.mallinfo2.restype = MallInfo2
-        self.peak, self.done = 0, threading.Event()
+        self.every, self.peak, self.done, self.lock = every, 0, threading.Event(), threading.Lock()
         self.thread = threading.Thread(target=self.sample, daemon=True)
         self.thread.start()
 
+    def in_use(self) -> int:
+        info = self.mallinfo2()
+        return info.uordblks + info.hblkhd
+
     def sample(self):
-        while not self.done.wait(0.02):
-            info = self.mallinfo2()
-            self.peak = max(self.peak, info.uordblks + info.hblkhd)
+        while not self.done.wait(self.every):
+            with self.lock:  # a restart() between reading and writing the peak is not lost
+                self.peak = max(self.peak, self.in_use())
+
+    def restart(self) -> float:
+        """Start a new peak from the memory in use now; returns it (MB)."""
+        with self.lock:
+            self.peak = self.in_use()
+            return self.peak / 2**20
 
     def stop(self) -> float | None:
         if self.mallinfo2 is None:
@@ -256,7 +267,6 @@ def report(results: dict, args, precision: str, ckpt: bool) -> None:
             continue
         print(f"{side} {method}: longest under {args.cap_gb:g} GB: {ok[-1][0]:,}" + extrapolation(ok))
     print("\nreproduce: .venv/bin/python bench/long_rows.py " + shlex.join(sys.argv[1:]))
-
 
 
 def extrapolation(ok: list[tuple[int, dict]]) -> str:

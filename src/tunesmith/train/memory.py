@@ -26,6 +26,7 @@ import functools
 
 import torch
 
+from tunesmith.config.training_keys import checkpointing_requested
 from tunesmith.train.model import decoder_layers
 
 
@@ -41,14 +42,9 @@ def malloc_trim():
     return trim
 
 
-def checkpointing_on(args) -> bool:
-    # transformers 5 calls it activation_checkpointing; gradient_checkpointing mirrors it.
-    return bool(getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", False))
-
-
 def release_memory_unsupported(model, args) -> str | None:
     """Why trimming between layers does not apply to this run; None when it does."""
-    if not checkpointing_on(args):
+    if not checkpointing_requested(vars(args)):  # the same rule as for the user's training: keys
         return "gradient checkpointing is off (activations stay until the backward pass)"
     first = next(model.parameters(), None)
     if torch.cuda.is_available() or (first is not None and first.device.type != "cpu"):
