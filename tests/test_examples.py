@@ -39,7 +39,9 @@ def test_rename_columns():
     ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}, "chat", "system message may only come first"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}, "chat", "has role 'robot'"),
     ({"messages": [{"role": "user", "content": "a"}]}, "chat", "no assistant turn"),
-    ({"messages": [{"role": "user"}]}, "chat", "must have a string 'role' and a string 'content'"),
+    ({"messages": [{"content": "x"}]}, "chat", "must be an object with a string 'role'"),
+    ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "b"}]}, "chat",
+     "messages[0].content must be a string, null or a list of text parts"),
 ])
 def test_bad_rows_name_the_row_and_field(row, fmt, needle):
     with pytest.raises(DataError) as e:
@@ -48,7 +50,8 @@ def test_bad_rows_name_the_row_and_field(row, fmt, needle):
 
 
 def test_chat_roles_with_tools_and_trailing_user_turn_counted():
-    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "call"},
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "call",
+                                                                                     "tool_calls": [{"function": {"name": "f"}}]},
             {"role": "tool", "content": "42"}, {"role": "assistant", "content": "it is 42"}, {"role": "user", "content": "thanks"}]
     ex = normalize({"messages": msgs}, "chat", 0)
     assert [m["role"] for m in ex["messages"]] == ["system", "user", "assistant", "tool", "assistant"]

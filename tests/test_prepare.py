@@ -99,7 +99,7 @@ def test_chat_rows_with_tokenizer_template_and_last_turn_only(tmp_path, tok_dir)
                           {"role": "user", "content": "name?"}, {"role": "assistant", "content": "Tuna"}]}]
     assert run_prep(tmp_path, tok_dir, rows, prompt_format="chat_template", assistant_turns="last") == 0
     row = load_from_disk(str(tmp_path / "out" / "data"))["train"][0]
-    assert trained_text(AutoTokenizer.from_pretrained(tok_dir), row) == "Tuna<|im_end|>\n</s>"
+    assert trained_text(AutoTokenizer.from_pretrained(tok_dir), row) == "Tuna<|im_end|>"
 
 
 def test_column_mapping_and_exports(tmp_path, tok_dir):

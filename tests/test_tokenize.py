@@ -5,7 +5,9 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from tunesmith.config.schema import PromptConfig
-from tunesmith.data.chat_template import render_with_template
+from dataclasses import replace
+
+from tunesmith.data.chat_template import Template, render_with_template
 from tunesmith.data.prompts import BUILTIN_FORMATS, example_to_turns, render_turns, resolve_format, select_trained
 from tunesmith.data.tokenize import encode_batch, fit_length, specials_of
 from tunesmith.hf import IGNORE
@@ -55,11 +57,15 @@ def test_trained_tokens_decode_to_the_answer(tok, fmt_name, text, response):
 def test_chat_template_boundary_is_exact(tok, user, answer):
     turns = example_to_turns({"kind": "chat", "messages": [{"role": "user", "content": user},
                                                            {"role": "assistant", "content": answer}]}, PromptConfig())
-    segments = render_with_template(turns, tok)
-    ids, labels, sp = encode(tok, segments)
+    template = Template(tok)
+    [segments] = render_with_template(turns, template)
+    sp = replace(specials_of(tok), end_of_turn=template.end_of_turn)
+    (ids, labels), = encode_batch([segments], tok, sp)
     trained = [i for i, lab in zip(ids, labels) if lab != IGNORE]
-    # ChatML ends the turn with <|im_end|>\n; the tokenizer's EOS (</s>) is added after it.
-    assert decode(tok, trained) == answer + "<|im_end|>\n" + sp.eos_text
+    # ChatML ends the turn with <|im_end|>\n: the end-of-turn token is trained (generation stops at
+    # it), the newline after it is not, and no EOS is added after the template's own end of turn.
+    assert template.end_of_turn == "<|im_end|>"
+    assert decode(tok, trained) == answer + "<|im_end|>"
     full = tok.apply_chat_template([{"role": "user", "content": user}, {"role": "assistant", "content": answer}], tokenize=False)
     assert "".join(t for t, _ in segments) == full
 
@@ -82,8 +88,8 @@ def test_assistant_turns_last_masks_earlier_answers(tok):
     msgs = [{"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1"},
             {"role": "user", "content": "u2"}, {"role": "assistant", "content": "a2"}]
     turns = select_trained(example_to_turns({"kind": "chat", "messages": msgs}, PromptConfig()), "last")
-    ids, labels, sp = encode(tok, render_with_template(turns, tok))
-    assert decode(tok, [i for i, lab in zip(ids, labels) if lab != IGNORE]) == "a2<|im_end|>\n" + sp.eos_text
+    ids, labels, sp = encode(tok, render_with_template(turns, Template(tok))[0])
+    assert decode(tok, [i for i, lab in zip(ids, labels) if lab != IGNORE]) == "a2<|im_end|>" + sp.eos_text
 
 
 @pytest.fixture

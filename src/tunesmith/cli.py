@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch = with_config("chat", "talk to a model in the terminal (same template as training)", optional=True)
     ch.add_argument("--model", help="final/, merged/ or a LoRA adapter folder (default: base_model)")
     ch.add_argument("--max-new-tokens", type=int, default=256)
+    ch.add_argument("--tools", help="a JSON file of tool schemas to offer the model (default: data.chat.tools)")
     mg = with_config("merge", "fold a LoRA adapter into its base model and save a plain model folder")
     mg.add_argument("--adapter", help="adapter folder (default: <output_dir>/final)")
     mg.add_argument("--out", help="where to write (default: <output_dir>/merged)")
@@ -177,7 +178,10 @@ def run_model_command(args: argparse.Namespace, cfg) -> int:
     elif args.command == "chat":
         from tunesmith.infer.chat import chat
 
-        chat(cfg, args.model, args.max_new_tokens)
+        from tunesmith.config.load import read_tools_file
+
+        tools = read_tools_file(args.tools, "--tools") if args.tools else None
+        chat(cfg, args.model, args.max_new_tokens, tools=tools)
     return 0
 
 

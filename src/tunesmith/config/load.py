@@ -139,6 +139,23 @@ def _resolve_callable(spec: str | None, base: Path) -> str | None:
     return spec
 
 
+def read_tools_file(path: str, key: str = "data.chat.tools") -> list[dict]:
+    """`data.chat.tools: tools.json` -> the list of schemas it holds (read once, so the list, not the
+    path, is what rendering uses and what is saved with the model)."""
+    import json
+
+    fix = "give a JSON file holding a list of tool schemas ({type: function, function: {name, parameters}})"
+    try:
+        tools = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}", fix) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{key}: {path} is not valid JSON ({e})", fix) from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ConfigError(f"{key}: {path} holds a {type(tools).__name__}, not a list of objects", fix)
+    return tools
+
+
 def resolve_paths(cfg: Config, base: Path) -> Config:
     cfg.base_model = resolve_path(cfg.base_model, base, must_exist=True)
     cfg.tokenizer = resolve_path(cfg.tokenizer, base, must_exist=True)
@@ -149,6 +166,8 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
     d = cfg.data
     d.output = resolve_path(d.output, base)
     d.preprocessing_fn = _resolve_callable(d.preprocessing_fn, base)
+    if isinstance(d.chat.tools, str):
+        d.chat.tools = read_tools_file(resolve_path(d.chat.tools, base))
     for src in (d.train, d.eval):
         if src is None:
             continue

@@ -130,6 +130,26 @@ class PromptFormatConfig(Strict):
     stop: list[str] = Field(default_factory=list, description="stop strings for generation")
 
 
+class ChatConfig(Strict):
+    """Chat rows: ShareGPT role names, tool schemas, reasoning traces (docs/data.md#chat-data)."""
+
+    roles: dict[str, str] = Field(
+        default_factory=dict, description="ShareGPT `from` values -> roles (system, user, assistant, tool, function_call), "
+                                          "added to the usual ones (human, gpt, observation, ...)")
+    tools: list[dict[str, Any]] | str | None = Field(
+        None, description="tool (function) schemas for every row without its own `tools` column: a list, or a JSON file "
+                          "relative to this config")
+    reasoning: Literal["train", "mask", "drop"] = Field(
+        "train", description="an assistant turn's reasoning (reasoning_content, or a leading <think> block): train it, "
+                             "keep it in the text but masked, or drop it before rendering")
+    empty_think: Literal["mask", "train"] = Field(
+        "mask", description="the empty <think></think> block some templates (Qwen3) insert in a turn without reasoning: "
+                            "masked, as the template's non-thinking prompt writes it, or trained")
+    thinking: Literal["auto", "on", "off"] = Field(
+        "auto", description="prompts at inference: let the model think first (on) or not (off); auto: on when the "
+                            "trained data had reasoning, resolved when the model is saved")
+
+
 class DataConfig(Strict):
     """The data part, for `tunesmith prep`: where rows come from, how they become tokens, where they are written."""
 
@@ -140,7 +160,7 @@ class DataConfig(Strict):
     seed: int = Field(42, description="seed for validation_split and for training (TrainingArguments.seed unless set)")
     format: Literal["auto", "input", "prompt_response", "chat"] = Field(
         "auto", description="row format; auto detects it from the source's columns (from each row's, after a "
-                            "preprocessing_fn): messages -> chat, input + response -> input, prompt + response (or "
+                            "preprocessing_fn): messages or conversations (ShareGPT) -> chat, input + response -> input, prompt + response (or "
                             "completion) -> prompt_response")
     columns: dict[str, str] = Field(default_factory=dict, description="canonical name -> your column name")
     preprocessing_fn: str | None = Field(None, description="module:function or path/to/file.py:function")
@@ -148,6 +168,7 @@ class DataConfig(Strict):
     prompt_format: str | PromptFormatConfig = Field(
         "plain", description="the role markers: a built-in name (plain, user_assistant, alpaca, dolly, vicuna, llama2, chatml, "
                              "two_step, redpajama, together_llama2), chat_template (the tokenizer's own), or your own markers")
+    chat: ChatConfig = Field(default_factory=ChatConfig, description="chat rows: ShareGPT roles, tools, reasoning")
     train_on_prompt: bool = Field(False, description="true: train on every token, the prompt included")
     assistant_turns: Literal["all", "last"] = Field("all", description="chat rows: train every assistant turn, or only the last")
     max_length: int = Field(2048, gt=1, description="the longest example in tokens, BOS and EOS included")
@@ -172,7 +193,7 @@ class DataConfig(Strict):
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
-        canonical = {"input", "context", "contexts", "prompt", "response", "completion", "messages"}
+        canonical = {"input", "context", "contexts", "prompt", "response", "completion", "messages", "conversations", "tools"}
         unknown = set(v) - canonical
         if unknown:
             raise ValueError(f"unknown canonical column(s) {sorted(unknown)}; use {sorted(canonical)} as keys")

@@ -2,23 +2,21 @@
 
 Normalized shapes:
   {"kind": "input", "input": str, "contexts": [str], "response": str}   (two-step and prompt/response rows)
-  {"kind": "chat", "messages": [{"role": str, "content": str}]}          (chat rows)
+  {"kind": "chat", "messages": [{"role", "content", ...}], "tools": [...] | None}   (chat rows: conversations.py)
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from tunesmith.config.schema import ChatConfig
+from tunesmith.data.conversations import conversation, normalize_tools
 from tunesmith.errors import row_error
-
-ROLES = ("system", "user", "assistant", "tool")
-# What may follow each role in a conversation (None: the start, after any system message).
-_MAY_FOLLOW = {None: {"user"}, "user": {"assistant"}, "assistant": {"user", "tool"}, "tool": {"assistant", "tool"}}
 
 
 def detect_format(columns: list[str] | set[str]) -> str:
     """Which row shape the (renamed) columns describe; '' when none fits."""
     cols = set(columns)
-    if "messages" in cols:
+    if "messages" in cols or "conversations" in cols:
         return "chat"
     if "input" in cols and "response" in cols:
         return "input"
@@ -49,11 +47,19 @@ def apply_preprocessing(row: dict[str, Any], fn: Callable, fn_name: str, index: 
     return out
 
 
-def normalize(row: dict[str, Any], fmt: str, index: int) -> dict[str, Any]:
-    """Validate one row of the given format and return its normalized example."""
+def normalize(row: dict[str, Any], fmt: str, index: int, chat: ChatConfig | None = None,
+              prompt: bool = False) -> dict[str, Any]:
+    """Validate one row of the given format and return its normalized example (`prompt`: a row
+    to generate from, whose history may hold an empty answer)."""
     if fmt == "chat":
-        messages = _messages(row, index)
-        return {"kind": "chat", "messages": messages, "trailing_removed": len(row["messages"]) - len(messages)}
+        chat = chat or ChatConfig()
+        if row.get("messages") is None and row.get("conversations") is None:
+            raise row_error(index, f"has fields {sorted(row)} but no 'messages' or 'conversations'",
+                            "map your column with data.columns, e.g. {messages: dialog}")
+        found = conversation(row, chat.roles, chat.reasoning, index, history=prompt)
+        tools = normalize_tools(row["tools"] if row.get("tools") is not None else chat.tools, index)
+        reasoning = sum(1 for m in found["messages"] if m.get("reasoning"))
+        return {"kind": "chat", **found, "tools": tools, "reasoning_turns": reasoning}
     if fmt == "prompt_response":
         response_key = "response" if "response" in row else "completion"
         return {"kind": "input", "input": _text(row, "prompt", index), "contexts": [],
@@ -94,32 +100,3 @@ def _contexts(row: dict, index: int) -> list[str]:
     if isinstance(value, (list, tuple)) and all(isinstance(c, str) for c in value):
         return [c for c in value if c]
     raise row_error(index, f"field {key!r} must be a list of strings, got {type(value).__name__}: {str(value)[:60]!r}")
-
-
-def _messages(row: dict, index: int) -> list[dict[str, str]]:
-    messages = row.get("messages")
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise row_error(index, "field 'messages' must be a non-empty list of {role, content}")
-    out, previous = [], None
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise row_error(index, f"{where} must have a string 'role' and a string 'content', got {str(m)[:80]!r}")
-        role = m["role"]
-        if role not in ROLES:
-            raise row_error(index, f"{where} has role {role!r}; roles are {', '.join(ROLES)}")
-        if role == "system":
-            if i != 0:
-                raise row_error(index, f"{where}: a system message may only come first")
-        elif role not in _MAY_FOLLOW[previous]:
-            after = f"after {previous!r}" if previous else "at the start"
-            raise row_error(index, f"{where}: role {role!r} cannot come {after}; expected one of {sorted(_MAY_FOLLOW[previous])}")
-        if role != "system":
-            previous = role
-        out.append({"role": role, "content": m["content"]})
-    while out and out[-1]["role"] != "assistant":
-        out.pop()  # trailing user/tool turns have nothing to learn from
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
-        raise row_error(index, "has no assistant turn with content: there is nothing to learn",
-                        "each conversation needs at least one non-empty assistant message")
-    return out

@@ -18,7 +18,8 @@ from tunesmith.config.schema import Config
 from tunesmith.config.secrets import mask
 from tunesmith.data.pack import pack_split, packing_report
 from tunesmith.data.report import print_summary, split_report
-from tunesmith.data.rows import OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format, render_setup
+from tunesmith.data.rows import (OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format, render_setup,
+                                 renamed_columns)
 from tunesmith.data.sources import describe_source, load_source
 from tunesmith.data.identity import tokenizer_identity
 from tunesmith.data.write import read_prepared_file, write_prepared
@@ -38,7 +39,7 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
 
     raw = raw_splits(cfg)
 
-    processed, reports = {}, {}
+    processed, reports, chat_lines = {}, {}, []
     for split, ds in raw.items():
         if len(ds) == 0:
             raise DataError(f"data.{split}: the source has no rows")
@@ -48,6 +49,10 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
             disable_progress_bars()
         try:
             row_format = dataset_format(d.format, ds.column_names, d.columns, renderer.preprocess is not None)
+            if row_format == "chat" and split == "train":
+                chat_lines = renderer.chat_choices(renamed_columns(ds.column_names, d.columns))
+                if not quiet:
+                    print("\n".join(f"prep: {line}" for line in chat_lines))
             processor = RowProcessor(renderer, row_format)
             out = ds.map(processor, batched=True, batch_size=1000, num_proc=num_proc, features=OUTPUT_FEATURES,
                          remove_columns=[c for c in ds.column_names if c != ROW], load_from_cache_file=False,
@@ -79,6 +84,8 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
         "prompt_format": fmt if isinstance(fmt, str) else fmt.name, "max_length": d.max_length,
         "overlength": d.overlength, "translated_from_seed": cfg.seed_compat,
     }
+    if chat_lines:
+        report["chat"] = chat_lines
     meta = {"tunesmith_version": __version__, "tokenizer": tokenizer_identity(tokenizer),
             "prompt_format": report["prompt_format"], "max_length": d.max_length,
             "data_config": mask(d.model_dump(mode="json"))[0]}  # no storage_options credentials on disk

@@ -31,17 +31,23 @@ def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dic
     if not colour:
         console.print(f"(trained tokens are shown between {OPEN} and {CLOSE})")
     for i, row in enumerate(ds):
-        segments, _ = processor.render({k: v for k, v in row.items() if k != ROW}, i)
-        (ids, labels), = encode_batch([segments], tokenizer, specials)
-        enc = fit_length(ids, labels, d.max_length, "truncate" if d.overlength == "truncate" else "drop", specials, i)
-        trained = sum(1 for x in enc.labels if x != IGNORE)
-        note = {"too_long": f"  [red]dropped: over max_length {d.max_length}[/red]",
-                "no_trained_tokens": "  [red]dropped: no trained token[/red]"}.get(enc.drop, "")
-        note += f"  [yellow]cut: {enc.cut}[/yellow]" if enc.cut else ""
-        console.rule(f"row {i}: {len(enc.input_ids)} tokens, {trained} trained ({len(enc.input_ids) - trained} masked){note}")
-        console.print(highlight(tokenizer, enc.input_ids, enc.labels, colour), soft_wrap=True)
-        shown.append({"row": i, "tokens": len(enc.input_ids), "trained": trained, "drop": enc.drop, "cut": enc.cut})
+        examples, _ = processor.render({k: v for k, v in row.items() if k != ROW}, i)
+        for part, segments in enumerate(examples):
+            label = f"row {i}" + (f", turn example {part + 1} of {len(examples)}" if len(examples) > 1 else "")
+            shown.append({"row": i, "part": part, **show_example(console, tokenizer, specials, segments, d, label, colour, i)})
     return shown
+
+
+def show_example(console: Console, tokenizer, specials, segments, d, label: str, colour: bool, i: int) -> dict:
+    (ids, labels), = encode_batch([segments], tokenizer, specials)
+    enc = fit_length(ids, labels, d.max_length, "truncate" if d.overlength == "truncate" else "drop", specials, i)
+    trained = sum(1 for x in enc.labels if x != IGNORE)
+    note = {"too_long": f"  [red]dropped: over max_length {d.max_length}[/red]",
+            "no_trained_tokens": "  [red]dropped: no trained token[/red]"}.get(enc.drop, "")
+    note += f"  [yellow]cut: {enc.cut}[/yellow]" if enc.cut else ""
+    console.rule(f"{label}: {len(enc.input_ids)} tokens, {trained} trained ({len(enc.input_ids) - trained} masked){note}")
+    console.print(highlight(tokenizer, enc.input_ids, enc.labels, colour), soft_wrap=True)
+    return {"tokens": len(enc.input_ids), "trained": trained, "drop": enc.drop, "cut": enc.cut}
 
 
 def highlight(tokenizer, ids: list[int], labels: list[int], colour: bool) -> Text:

@@ -20,7 +20,7 @@ from tunesmith.errors import ConfigError
 
 PROMPT_FILE = "tunesmith_prompt.json"
 VERSION = 1
-RENDER_KEYS = ("prompt_format", "prompt", "format", "columns", "preprocessing_fn", "assistant_turns", "train_on_prompt")
+RENDER_KEYS = ("prompt_format", "prompt", "format", "columns", "preprocessing_fn", "assistant_turns", "train_on_prompt", "chat")
 
 
 def prompt_settings(data: DataConfig) -> dict[str, Any]:
@@ -32,9 +32,24 @@ def prompt_settings(data: DataConfig) -> dict[str, Any]:
     return {k: settings[k] for k in RENDER_KEYS}
 
 
-def settings_text(data: DataConfig) -> str:
-    """The file's text: a version, then the settings."""
-    return json.dumps({"tunesmith_prompt_version": VERSION, **prompt_settings(data)}, indent=2, ensure_ascii=False) + "\n"
+def settings_text(data: DataConfig, data_dir: str | Path | None = None) -> str:
+    """The file's text: a version, then the settings. `data_dir`: the prepared data the model was
+    trained on, whose prep report settles data.chat.thinking: auto (on when it had reasoning)."""
+    settings = prompt_settings(data)
+    if settings["chat"]["thinking"] == "auto":
+        settings["chat"]["thinking"] = thinking_from_report(data_dir)
+    return json.dumps({"tunesmith_prompt_version": VERSION, **settings}, indent=2, ensure_ascii=False) + "\n"
+
+
+def thinking_from_report(data_dir: str | Path | None) -> str:
+    """'on' when the training split had assistant turns with reasoning, else 'off' (also without a report)."""
+    path = Path(data_dir) / "prep_report.json" if data_dir else None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
+    except (OSError, ValueError):
+        report = {}
+    turns = report.get("splits", {}).get("train", {}).get("reasoning_turns", 0) if isinstance(report, dict) else 0
+    return "on" if isinstance(turns, int) and turns > 0 and report else "off"
 
 
 def read_settings(folder: str | Path) -> DataConfig | None:
@@ -65,6 +80,8 @@ def read_settings(folder: str | Path) -> DataConfig | None:
 def differences(config: DataConfig, saved: DataConfig) -> list[str]:
     """One line per setting that differs, as dotted keys: what the config says, what was saved."""
     ours, theirs = prompt_settings(config), prompt_settings(saved)
+    if ours["chat"]["thinking"] == "auto":  # settled when the model was saved: the saved value is used
+        ours["chat"]["thinking"] = theirs["chat"]["thinking"]
     lines = []
     for key in RENDER_KEYS:
         a, b = ours[key], theirs[key]

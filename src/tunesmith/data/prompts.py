@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.config.schema import PromptConfig, PromptFormatConfig
+from tunesmith.data.tool_text import answer_content, reasoning_text, result_text, tools_text
 from tunesmith.errors import ConfigError, DataError
 
 Segment = tuple[str, bool]
@@ -69,7 +70,7 @@ def example_to_turns(example: dict[str, Any], prompt: PromptConfig) -> list[dict
     """Either example kind -> turns {role, content, cue, trained}; only assistant turns can be trained."""
     if example["kind"] == "chat":
         msgs = example["messages"]
-        turns = [{"role": m["role"], "content": m["content"], "cue": "", "trained": m["role"] == "assistant"} for m in msgs]
+        turns = [{**m, "cue": "", "trained": m["role"] == "assistant"} for m in msgs]
         if prompt.system_message and msgs[0]["role"] != "system":
             turns.insert(0, {"role": "system", "content": prompt.system_message, "cue": "", "trained": False})
         return turns
@@ -101,12 +102,22 @@ def select_trained(turns: list[dict], assistant_turns: str) -> list[dict]:
     return [{**t, "trained": t["trained"] and i == last} for i, t in enumerate(turns)]
 
 
-def render_turns(turns: list[dict], fmt: PromptFormatConfig, train_on_prompt: bool = False) -> list[Segment]:
+def render_turns(turns: list[dict], fmt: PromptFormatConfig, train_on_prompt: bool = False,
+                 tools: list[dict] | None = None, reasoning: str = "train") -> list[Segment]:
     """Turns -> merged segments using a PromptFormat's markers. Markers and prompts are masked
-    unless `train_on_prompt`; an assistant turn's answer and its suffix carry the turn's flag."""
+    unless `train_on_prompt`; an assistant turn's answer (its tool calls included) and its suffix
+    carry the turn's flag, its reasoning too unless `reasoning: mask`. Tools, calls, results and
+    reasoning are written as tool_text.py says."""
     p = train_on_prompt
     segments: list[Segment] = []
     system = ""
+    if tools:
+        listing = tools_text(tools)
+        if turns and turns[0]["role"] == "system":
+            turns = [{**turns[0], "content": turns[0]["content"] + "\n\n" + listing}, *turns[1:]]
+        else:
+            turns = [{"role": "system", "content": listing, "cue": "", "trained": False}, *turns]
+    turns = _merge_tool_results(turns)
     if turns and turns[0]["role"] == "system":
         system = fmt.system_prefix + turns[0]["content"] + fmt.system_suffix
         turns = turns[1:]
@@ -117,7 +128,9 @@ def render_turns(turns: list[dict], fmt: PromptFormatConfig, train_on_prompt: bo
     for t in turns:
         if t["role"] == "assistant":
             add_segment(segments, fmt.response_prefix + t["cue"], p)
-            add_segment(segments, t["content"] + fmt.response_suffix, t["trained"] or p)
+            if t.get("reasoning"):
+                add_segment(segments, reasoning_text(t["reasoning"]), (t["trained"] and reasoning == "train") or p)
+            add_segment(segments, answer_content(t) + fmt.response_suffix, t["trained"] or p)
             after_assistant = True
             continue
         if after_assistant:
@@ -129,6 +142,19 @@ def render_turns(turns: list[dict], fmt: PromptFormatConfig, train_on_prompt: bo
         system = ""
         add_segment(segments, prefix + body + fmt.input_suffix, p)
     return segments
+
+
+def _merge_tool_results(turns: list[dict]) -> list[dict]:
+    """Tool turns -> <tool_response> blocks; consecutive ones share one user-side turn."""
+    out: list[dict] = []
+    for t in turns:
+        if t["role"] != "tool":
+            out.append(t)
+        elif out and out[-1].get("tool_results"):
+            out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + result_text(t["content"])}
+        else:
+            out.append({"role": "tool", "content": result_text(t["content"]), "cue": "", "trained": False, "tool_results": True})
+    return out
 
 
 def add_segment(segments: list[Segment], text: str, trained: bool) -> None:

@@ -30,7 +30,7 @@ class SplitStats:
     reason, and histograms of the kept rows' token counts (exact percentiles, bounded memory)."""
 
     def __init__(self):
-        self.rows_read = self.trailing_removed = 0
+        self.rows_read = self.trailing_removed = self.extra_examples = self.reasoning_turns = 0
         self.dropped: dict[str, dict] = {}
         self.cut: dict[str, dict] = {}
         self.prompt_hist = self.trained_hist = self.length_hist = np.zeros(0, np.int64)
@@ -38,8 +38,11 @@ class SplitStats:
     def add(self, table: pa.Table) -> None:
         arr = {c: table.column(c).to_numpy(zero_copy_only=False) for c in STATUS_COLUMNS}
         rows, status = arr["_row"], arr["_status"]
-        self.rows_read += len(status)
+        first = arr["_part"] == 0
+        self.rows_read += int(first.sum())
+        self.extra_examples += int((~first).sum())
         self.trailing_removed += int(arr["_trailing_removed"].sum())
+        self.reasoning_turns += int(arr["_reasoning_turns"].sum())
         kept = status == "ok"
         for reason in set(status.tolist()) - {"ok"}:
             hit = status == reason
@@ -60,9 +63,12 @@ class SplitStats:
         return {
             "rows_read": self.rows_read,
             "rows_kept": int(self.length_hist.sum()),
+            # Rows a history-rewriting chat template split into one example per assistant turn.
+            "examples_added_by_turn_split": self.extra_examples,
             "dropped": dict(sorted(self.dropped.items())),
             "cut": dict(sorted(self.cut.items())),
             "trailing_turns_removed": self.trailing_removed,
+            "reasoning_turns": self.reasoning_turns,  # assistant turns with reasoning (data.chat.thinking: auto reads it)
             "tokens": total,
             "trained_tokens": trained,
             "trained_share": round(trained / total, 4) if total else 0.0,

@@ -26,12 +26,16 @@ from tunesmith.errors import DataError
 from tunesmith.hf import IGNORE, load_tokenizer
 
 ROW = "_row"  # the row's index in its source, added before any split or filter
-STATUS_COLUMNS = [ROW, "_status", "_cut", "_error", "_prompt_tokens", "_trained_tokens", "_trailing_removed"]
+# _part: the example's place among those its row made (0, or 1, 2, ... after it where a chat
+# template rewrites history and a row becomes one example per assistant turn).
+STATUS_COLUMNS = [ROW, "_part", "_status", "_cut", "_error", "_prompt_tokens", "_trained_tokens", "_trailing_removed",
+                  "_reasoning_turns"]
 OUTPUT_FEATURES = Features({
     "input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
     "attention_mask": Sequence(Value("int8")), "full_text": Value("string"),
-    ROW: Value("int64"), "_status": Value("string"), "_cut": Value("string"), "_error": Value("string"),
+    ROW: Value("int64"), "_part": Value("int32"), "_status": Value("string"), "_cut": Value("string"), "_error": Value("string"),
     "_prompt_tokens": Value("int32"), "_trained_tokens": Value("int32"), "_trailing_removed": Value("int32"),
+    "_reasoning_turns": Value("int32"),
 })
 
 
@@ -52,8 +56,8 @@ class RowProcessor:
     def specials(self) -> Specials:
         return self.renderer.specials
 
-    def render(self, row: dict[str, Any], index: int) -> tuple[list[Segment], int]:
-        """One raw row -> segments (raises DataError naming the row when it is malformed)."""
+    def render(self, row: dict[str, Any], index: int) -> tuple[list[list[Segment]], dict[str, int]]:
+        """One raw row -> the segments of each example it makes (raises DataError naming the row)."""
         return self.renderer.render(row, index, self.row_format)
 
     def __call__(self, batch: dict[str, list]) -> pa.Table:
@@ -69,16 +73,19 @@ class RowProcessor:
         for i in range(n):
             index = batch[ROW][i]
             try:
-                segments, trailing = self.render({k: batch[k][i] for k in names}, index)
+                examples, facts = self.render({k: batch[k][i] for k in names}, index)
                 error = ""
             except DataError as e:
                 if self.data.bad_rows == "error":
                     raise
-                segments, trailing, error = [], 0, str(e)
-            rendered.append(segments)
-            status[ROW].append(index)
-            status["_error"].append(error)
-            status["_trailing_removed"].append(trailing)
+                examples, facts, error = [[]], {}, str(e)
+            for part, segments in enumerate(examples):
+                rendered.append(segments)
+                status[ROW].append(index)
+                status["_part"].append(part)
+                status["_error"].append(error)
+                status["_trailing_removed"].append(facts.get("trailing_removed", 0) if part == 0 else 0)
+                status["_reasoning_turns"].append(facts.get("reasoning_turns", 0) if part == 0 else 0)
         encoded = encode_batch(rendered, self.tokenizer, self.specials)
         out = {"input_ids": [], "labels": [], "full_text": []}
         for i, ((ids, labels), segments) in enumerate(zip(encoded, rendered)):
@@ -151,15 +158,19 @@ def render_setup(cfg, tokenizer: PreTrainedTokenizerBase | None = None) -> Rende
     return make_renderer(cfg.data, tokenizer)
 
 
+def renamed_columns(columns: list[str], renames: dict[str, str]) -> set[str]:
+    """A source's columns as rows have them after data.columns."""
+    columns = [c for c in columns if c != ROW]
+    return {k for k in columns if k not in renames.values()} | {k for k, v in renames.items() if v in columns}
+
+
 def dataset_format(declared: str, columns: list[str], renames: dict[str, str], has_preprocessing: bool) -> str:
     """The row format for a whole source; '' means detect per row (after a preprocessing function)."""
     if declared != "auto":
         return declared
     if has_preprocessing:
         return ""
-    columns = [c for c in columns if c != ROW]
-    renamed = {k for k in columns if k not in renames.values()} | {k for k, v in renames.items() if v in columns}
-    found = detect_format(renamed)
+    found = detect_format(renamed_columns(columns, renames))
     if not found:
         raise DataError(f"cannot tell the data format from its columns {sorted(columns)}",
                         "rows need input+response, prompt+response/completion, or messages; map other "

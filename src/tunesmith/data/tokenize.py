@@ -22,6 +22,7 @@ class Specials:
     adds_bos: bool  # the tokenizer puts BOS first when asked for special tokens
     bos_text: str
     eos_text: str
+    end_of_turn: str = ""  # the chat template's end-of-turn token, when it is not EOS (Gemma's <end_of_turn>)
 
 
 def specials_of(tok: PreTrainedTokenizerBase) -> Specials:
@@ -91,8 +92,11 @@ def _ends_with_eos(segments: list[Segment], labels: list[int], sp: Specials) -> 
     last_trained = next((t for t, trained in reversed(segments) if trained), None)
     if last_trained is None:
         return True  # nothing trained: the row is dropped later, no EOS to add
-    # A template may end the turn with EOS followed by a newline ("<|im_end|>\n").
-    return last_trained.rstrip().endswith(sp.eos_text) or (labels and labels[-1] == sp.eos_id)
+    # A template may end the turn with EOS followed by a newline ("<|im_end|>\n"), or with its own
+    # end-of-turn token, which then is what the model learns to stop with (generation stops at both).
+    text = last_trained.rstrip()
+    return text.endswith(sp.eos_text) or bool(sp.end_of_turn and text.endswith(sp.end_of_turn)) \
+        or (labels and labels[-1] == sp.eos_id)
 
 
 def fit_length(ids: list[int], labels: list[int], max_length: int, policy: str, sp: Specials, index: int) -> Encoded:

@@ -53,26 +53,27 @@ def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return input_ids, attention
 
 
-def answer_ids(generated: list[int], eos_id: int, stopped_at: int | None = None) -> list[int]:
-    """A row's generated tokens up to where it stopped: its first EOS (kept), or the token that
-    completed a stop string. What follows is the padding of a finished row (which may be EOS)."""
+def answer_ids(generated: list[int], eos_id: int | list[int], stopped_at: int | None = None) -> list[int]:
+    """A row's generated tokens up to where it stopped: its first EOS or end-of-turn token (kept),
+    or the token that completed a stop string. What follows is the padding of a finished row."""
     if stopped_at is not None:
         generated = generated[:stopped_at]
-    if eos_id in generated:
-        return generated[:generated.index(eos_id) + 1]
-    return generated
+    ends = set(eos_id) if isinstance(eos_id, list) else {eos_id}
+    first = next((k for k, t in enumerate(generated) if t in ends), None)
+    return generated if first is None else generated[:first + 1]
 
 
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompts: list[list[int]], stop_strings: list[str] | None = None,
                  max_new_tokens: int = 64, batch_size: int = 16, show_progress: bool = True,
-                 **gen_kwargs) -> list[list[int]]:
-    """Greedy by default. Returns the tokens generated for each prompt (ending with EOS when the
-    row stopped there; no padding), in the prompts' order."""
+                 stop_ids: list[int] | None = None, **gen_kwargs) -> list[list[int]]:
+    """Greedy by default. Returns the tokens generated for each prompt (ending with EOS, or one of
+    `stop_ids` such as a chat template's end-of-turn token, when the row stopped there; no
+    padding), in the prompts' order."""
     model.eval()
     device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    eos = stop_ids or tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers: list[list[int] | None] = [None] * len(prompts)
     with row_progress(len(prompts), show_progress) as advance:
         for batch in length_sorted_batches([len(p) for p in prompts], batch_size):

@@ -123,7 +123,7 @@ def training_rows(renderer: Renderer, rows: list[dict], source: str) -> list[dic
             raise DataError(f"--data {source}: row {i} has no answer to compare with",
                             "eval scores each row's own answer (response, completion or the last assistant "
                             "message); use `tunesmith generate` for prompts without answers")
-        segments.append(renderer.render(row, i, renderer.declared_format)[0])
+        segments += renderer.render(row, i, renderer.declared_format)[0]  # every example the row makes
     return [{"input_ids": ids, "labels": labels} for ids, labels in encode_batch(segments, renderer.tokenizer, renderer.specials)]
 
 

@@ -15,7 +15,8 @@ def generate(model, tokenizer, renderer: Renderer, rows: list[dict], max_new_tok
     """Greedy by default, batched by prompt length; the answers in the rows' order, stop strings removed."""
     prompts = [renderer.prompt(r, i)[0] for i, r in enumerate(rows)]
     return decode_answers(tokenizer, generate_ids(model, tokenizer, prompts, renderer.stop_strings, max_new_tokens,
-                                                  batch_size, show_progress, **gen_kwargs), renderer.stop_strings)
+                                                  batch_size, show_progress, renderer.stop_ids, **gen_kwargs),
+                          renderer.stop_strings)
 
 
 def decode_answers(tokenizer, answers: list[list[int]], stop_strings: list[str]) -> list[str]:
@@ -76,7 +77,7 @@ def run_generate(cfg: Config | None, model_path: str | None, prompts: str, max_n
             ids.append(renderer.prompt(row, i)[0])
     stop = renderer.stop_strings
     answers = decode_answers(tokenizer, generate_ids(model, tokenizer, ids, stop, max_new_tokens, batch_size,
-                                                     show_progress=len(ids) > 1), stop)
+                                                     show_progress=len(ids) > 1, stop_ids=renderer.stop_ids), stop)
     for answer in answers:
         print(json.dumps({"answer": answer}))
     return answers

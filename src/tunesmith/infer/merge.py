@@ -21,4 +21,4 @@ def merge(cfg: Config, adapter: str | None = None, out: str | None = None) -> Pa
     report_differences(cfg, adapter)  # the config's prompt settings are the ones merged/ carries
     model, tokenizer = load_for_inference(cfg, adapter)
     target = Path(out) if out else Path(cfg.resolved_output_dir()) / "merged"
-    return save_folder(model.merge_and_unload(), tokenizer, target, {PROMPT_FILE: settings_text(cfg.data)})
+    return save_folder(model.merge_and_unload(), tokenizer, target, {PROMPT_FILE: settings_text(cfg.data, cfg.train_data or cfg.resolved_data_dir())})

@@ -16,6 +16,10 @@ def inference_config(cfg: Config | None, model_path: str | None, command: str) -
     saved prompt settings, the folder as base model, and outputs (eval/) beside the folder."""
     if cfg is not None:
         if model_path and Path(model_path, PROMPT_FILE).is_file():
+            saved = read_settings(model_path)
+            if cfg.data.chat.thinking == "auto":  # auto was settled when the model was saved
+                cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+                    "chat": cfg.data.chat.model_copy(update={"thinking": saved.chat.thinking})})})
             report_differences(cfg, model_path)
         return cfg
     if not model_path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config
 from tunesmith.errors import ConfigError
 from tunesmith.data.render import make_renderer
+from tunesmith.data.tool_text import tools_text
 
 SYSTEM, PROMPT, ANSWER = "\x00system\x00", "\x00prompt\x00", "\x00answer-text\x00"
 
@@ -62,28 +63,66 @@ def stop_strings(cfg: Config, tokenizer, closing: str) -> list[str]:
 
 
 def jinja_chat_template(cfg: Config, tokenizer) -> str:
-    """A chat template (for the GGUF metadata, which llama.cpp's chat mode reads) that writes the
-    training prompt: each user turn as the rendered prompt (system block on the first, as trained),
-    each assistant turn as its answer and closing text. The answer cue comes with the user turn,
-    so the generation prompt is in place either way."""
+    """A chat template (for the GGUF metadata, which llama.cpp's chat mode reads) that writes
+    conversations as training did: each user turn as the rendered prompt (system block on the
+    first, as trained), each assistant turn as its answer (tool calls as <tool_call> blocks) and
+    closing text, the format's turn separator between an answer and the next user turn, tool
+    results as <tool_response> blocks, tools listed in the system turn. The answer cue comes with
+    the user turn, so the generation prompt is in place either way."""
     with_system, closing = prompt_parts(cfg, tokenizer, SYSTEM)
     without_system, _ = prompt_parts(cfg, tokenizer, None)
+    separator = turn_separator(cfg, tokenizer, without_system, closing)
 
-    def expr(text: str, system: str = "") -> str:
-        """`text` as Jinja string concatenation, sentinels replaced by the variables."""
-        pieces = re.split(f"({re.escape(SYSTEM)}|{re.escape(PROMPT)})", text)
-        names = {SYSTEM: system, PROMPT: "m['content']"}
-        return " ~ ".join(names.get(p, json.dumps(p, ensure_ascii=False)) for p in pieces if p)
+    def parts(text: str, system: str = "") -> tuple[str, str]:
+        """The rendered prompt as Jinja (text before the input, text after it)."""
+        head, _, tail = text.partition(PROMPT)
+        pieces = [p for p in re.split(f"({re.escape(SYSTEM)})", head) if p]
+        head = " ~ ".join(system if p == SYSTEM else json.dumps(p, ensure_ascii=False) for p in pieces) or '""'
+        return head, json.dumps(tail, ensure_ascii=False)
 
-    default = json.dumps(cfg.data.prompt.system_message, ensure_ascii=False) if cfg.data.prompt.system_message else "none"
-    return ("{% set ns = namespace(system=" + default + ") %}"
+    (sys_head, sys_tail), (head, tail) = parts(with_system, "ns.system"), parts(without_system)
+    q = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731
+    default = q(cfg.data.prompt.system_message) if cfg.data.prompt.system_message else "none"
+    listing_head, _, listing_tail = tools_text([{"\x00": 0}]).partition(json.dumps({"\x00": 0}))
+    return ("{% set ns = namespace(system=" + default + ", after=false, listing='') %}"
+            "{% if tools %}{% set ns.listing = " + q(listing_head) + " %}{% for t in tools %}"
+            "{% set ns.listing = ns.listing ~ (t | tojson) ~ ('\\n' if not loop.last else '') %}{% endfor %}"
+            "{% set ns.listing = ns.listing ~ " + q(listing_tail) + " %}"
+            "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = m['content'] %}{% endif %}{% endfor %}"
+            "{% set ns.system = ns.listing if ns.system is none else ns.system ~ '\\n\\n' ~ ns.listing %}{% endif %}"
             "{% for m in messages %}"
-            "{% if m['role'] == 'system' %}{% set ns.system = m['content'] %}"
-            "{% elif m['role'] == 'user' %}"
-            "{% if ns.system is not none %}{{ " + expr(with_system, "ns.system") + " }}{% else %}{{ " + expr(without_system) + " }}{% endif %}"
-            "{% set ns.system = none %}"
-            "{% elif m['role'] == 'assistant' %}{{ m['content'] ~ " + json.dumps(closing, ensure_ascii=False) + " }}"
+            "{% if m['role'] == 'system' %}{% if not tools %}{% set ns.system = m['content'] %}{% endif %}"
+            "{% elif m['role'] in ['user', 'tool'] %}"
+            "{% set starts = loop.first or messages[loop.index0 - 1]['role'] != 'tool' or m['role'] == 'user' %}"
+            "{% set ends = loop.last or messages[loop.index0 + 1]['role'] != 'tool' or m['role'] == 'user' %}"
+            "{% if starts %}{% if ns.after %}{{ " + q(separator) + " }}{% endif %}{% set ns.after = false %}"
+            "{% if ns.system is not none %}{{ " + sys_head + " }}{% else %}{{ " + head + " }}{% endif %}"
+            "{% else %}{{ '\\n' }}{% endif %}"
+            "{% if m['role'] == 'tool' %}{{ '<tool_response>\\n' ~ m['content'] ~ '\\n</tool_response>' }}"
+            "{% else %}{{ m['content'] }}{% endif %}"
+            "{% if ends %}{% if ns.system is not none %}{{ " + sys_tail + " }}{% else %}{{ " + tail + " }}{% endif %}"
+            "{% set ns.system = none %}{% endif %}"
+            "{% elif m['role'] == 'assistant' %}"
+            "{% if m['reasoning_content'] %}{{ '<think>\\n' ~ m['reasoning_content'] ~ '\\n</think>\\n\\n' }}{% endif %}"
+            "{{ m['content'] or '' }}"
+            "{% for c in m['tool_calls'] or [] %}{% if m['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+            "{{ '<tool_call>\\n' ~ ({'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson)"
+            " ~ '\\n</tool_call>' }}{% endfor %}"
+            "{{ " + q(closing) + " }}{% set ns.after = true %}"
             "{% endif %}{% endfor %}")
+
+
+def turn_separator(cfg: Config, tokenizer, without_system: str, closing: str) -> str:
+    """What training writes between an answer's closing text and the next user turn (a two-turn
+    chat rendered by the training path, read back); '' when the format's shape gives none."""
+    renderer = make_renderer(cfg.data.model_copy(update={"prompt": cfg.data.prompt.model_copy(
+        update={"system_message": None, "examples": [], "input_template": "{text}"})}), tokenizer, preprocessing=False)
+    turns = [{"role": "user", "content": "\x00u1\x00"}, {"role": "assistant", "content": ANSWER},
+             {"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
+    text = "".join(t for t, _ in renderer.segments({"kind": "chat", "messages": turns}))
+    first = text.find(ANSWER + closing)
+    second = text.find(without_system.partition(PROMPT)[0] + PROMPT, max(first, 0))
+    return text[first + len(ANSWER + closing):second] if 0 <= first < second else ""
 
 
 def write_modelfile(cfg: Config, tokenizer, gguf_file: Path, target: Path) -> Path:

@@ -51,7 +51,7 @@ def save_merged(trainer, tokenizer, out: Path, cfg: Config) -> Path:
 def model_files(cfg: Config) -> dict[str, str]:
     """What every model folder of a run carries besides weights and tokenizer: the prompt settings,
     so eval, generate and chat prompt the model as it was trained without the config."""
-    return {PROMPT_FILE: settings_text(cfg.data)}
+    return {PROMPT_FILE: settings_text(cfg.data, cfg.train_data or cfg.resolved_data_dir())}
 
 
 def write_run_config(cfg: Config, out: Path) -> None:

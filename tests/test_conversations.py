@@ -1,0 +1,122 @@
+"""The chat shapes public data comes in, normalised once (data/conversations.py), and the bad rows
+each refused with the row and the turn; then end to end through prep with a built-in format."""
+import json
+
+import pytest
+from datasets import load_from_disk
+from transformers import AutoTokenizer
+
+from helpers import write_config, write_jsonl
+from tunesmith.cli import main
+from tunesmith.config.schema import ChatConfig
+from tunesmith.data.examples import detect_format, normalize
+from tunesmith.data.tool_text import read_answer
+from tunesmith.errors import DataError
+from tunesmith.hf import IGNORE
+
+CALL_STR = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}
+CALL_OBJ = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+
+
+def chat(row, **kw):
+    return normalize(row, detect_format(row), 7, ChatConfig(**kw))
+
+
+def test_openai_parts_and_null_content():
+    ex = chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                            {"role": "assistant", "content": [{"type": "text", "text": "c"}]}]})
+    assert [m["content"] for m in ex["messages"]] == ["a\nb", "c"]
+
+
+def test_image_part_is_refused_by_name():
+    with pytest.raises(DataError, match=r"row 7: messages\[0\]\.content\[1\] is a 'image_url' part: only text"):
+        chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                         {"type": "image_url", "image_url": {"url": "x"}}]},
+                           {"role": "assistant", "content": "c"}]})
+
+
+def test_sharegpt_with_mapped_and_llama_factory_roles():
+    row = {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"},
+                             {"from": "function_call", "value": json.dumps({"name": "f", "arguments": {"x": 1}})},
+                             {"from": "observation", "value": "r"}, {"from": "narrator", "value": "a"}]}
+    with pytest.raises(DataError, match="(?s)is from 'narrator'.*data.chat.roles"):
+        chat(row)
+    ex = chat(row, roles={"narrator": "assistant"})
+    assert [m["role"] for m in ex["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert ex["messages"][2]["tool_calls"] == [{"id": None, "name": "f", "arguments": {"x": 1}}]
+    assert ex["messages"][3]["name"] == "f"  # the result's function, from its call
+
+
+def test_arguments_as_string_or_object_normalise_to_one_form():
+    rows = [{"messages": [{"role": "user", "content": "w"}, {"role": "assistant", "content": None, "tool_calls": [c]},
+                          {"role": "tool", "tool_call_id": "c1", "content": "18C"}, {"role": "assistant", "content": "ok"}]}
+            for c in (CALL_STR, CALL_OBJ)]
+    a, b = (chat(r)["messages"] for r in rows)
+    assert a == b and a[1]["tool_calls"] == [{"id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert a[2] == {"role": "tool", "content": "18C", "tool_call_id": "c1", "name": "get_weather"}
+
+
+def test_reasoning_from_field_or_think_block():
+    a = chat({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "A", "reasoning_content": "R"}]})
+    b = chat({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\nR\n</think>\n\nA"}]})
+    assert a["messages"][1] == b["messages"][1] == {"role": "assistant", "content": "A", "reasoning": "R"}
+    dropped = chat({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "A",
+                                                                      "reasoning_content": "R"}]}, reasoning="drop")
+    assert "reasoning" not in dropped["messages"][1]
+
+
+@pytest.mark.parametrize("messages,message", [
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None,
+                                         "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}],
+     r"messages\[1\]\.tool_calls\[0\]\.function\.arguments is not valid JSON"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "tool", "content": "r"}],
+     r"messages\[2\]: a tool result with no tool call before it"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}],
+     r"messages\[1\]: an assistant turn with neither content nor tool calls"),
+    ([{"role": "assistant", "content": "a"}], r"messages\[0\]: role 'assistant' cannot come at the start"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": "{}"}}]}],
+     r"messages\[1\]\.tool_calls\[0\] needs a function name"),
+])
+def test_bad_rows_name_the_row_and_turn(messages, message):
+    with pytest.raises(DataError, match="row 7: " + message):
+        chat({"messages": messages})
+
+
+def test_tools_column_or_config():
+    tools = [{"name": "f", "parameters": {}}]
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    assert chat({**row, "tools": json.dumps(tools)})["tools"] == [{"type": "function", "function": tools[0]}]
+    assert chat(row, tools=tools)["tools"] == [{"type": "function", "function": tools[0]}]
+
+
+def test_read_answer_shapes():
+    hermes = read_answer('<think>\nhmm\n</think>\n\nLet me check.\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>')
+    assert hermes == {"content": "Let me check.", "reasoning": "hmm", "tool_calls": [{"name": "f", "arguments": {"x": 1}}]}
+    assert read_answer('{"name": "f", "parameters": {"x": 1}}')["tool_calls"] == [{"name": "f", "arguments": {"x": 1}}]
+    assert read_answer('[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}}]')["tool_calls"][0]["name"] == "f"
+    assert read_answer("<tool_call>\n{broken\n</tool_call>")["tool_calls"] == [{"name": None, "raw": "{broken"}]
+    assert read_answer("just text") == {"content": "just text", "reasoning": None, "tool_calls": []}
+
+
+def test_prep_mixed_tool_rows_with_chatml(tmp_path, tok_dir):
+    """Rows with and without tool calls, arguments as strings and objects, in one JSONL file:
+    loaded, rendered with chatml's tool tags, trained exactly on the assistant turns."""
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"messages": [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None, "tool_calls": [CALL_STR]},
+                          {"role": "tool", "tool_call_id": "c1", "content": "18C"}, {"role": "assistant", "content": "It is 18C."}]},
+            {"messages": [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": "", "tool_calls": [CALL_OBJ]},
+                          {"role": "tool", "tool_call_id": "c1", "content": "18C"}, {"role": "assistant", "content": "It is 18C."}]}]
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]))
+    cfg = write_config(tmp_path / "c.yaml", {"base_model": str(tok_dir), "output_dir": str(tmp_path / "out"),
+                                            "data": {"train": {"data_files": "t.jsonl"}, "prompt_format": "chatml",
+                                                     "chat": {"tools": "tools.json"}}})
+    assert main(["prep", str(cfg)]) == 0
+    ds = load_from_disk(str(tmp_path / "out" / "data"))["train"]
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    texts = [tok.decode([i for i, lab in zip(r["input_ids"], r["labels"]) if lab != IGNORE]) for r in ds]
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+    assert texts[1] == texts[2] == call + "It is 18C.<|im_end|></s>"
+    assert "<tools>" in ds[1]["full_text"] and "<tool_response>\n18C\n</tool_response>" in ds[1]["full_text"]
+    assert "18C\n</tool_response>" not in texts[1]
