@@ -120,3 +120,24 @@ def test_prep_mixed_tool_rows_with_chatml(tmp_path, tok_dir):
     assert texts[1] == texts[2] == call + "It is 18C.<|im_end|></s>"
     assert "<tools>" in ds[1]["full_text"] and "<tool_response>\n18C\n</tool_response>" in ds[1]["full_text"]
     assert "18C\n</tool_response>" not in texts[1]
+
+
+def test_parts_are_marked_apart():
+    from tunesmith.data.tool_text import parts_of
+
+    text = "<think>\nr\n</think>\n\nok\n<tool_call>\n{}\n</tool_call><|im_end|>\n<tool_response>\n18C\n</tool_response>"
+    kinds = [k for _, k in parts_of(text)]
+    assert kinds == ["reasoning", None, "tool_call", None, "tool_result"]
+    assert "".join(p for p, _ in parts_of(text)) == text
+
+
+def test_preview_shows_tool_rows_with_trained_calls(tmp_path, tok_dir, capsys):
+    rows = [{"messages": [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None, "tool_calls": [CALL_STR]},
+                          {"role": "tool", "tool_call_id": "c1", "content": "18C"}, {"role": "assistant", "content": "It is 18C."}]}]
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    cfg = write_config(tmp_path / "c.yaml", {"base_model": str(tok_dir), "data": {"train": {"data_files": "t.jsonl"},
+                                                                                 "prompt_format": "chatml"}})
+    assert main(["preview", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert '\u27e6<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\u27e7' in out
+    assert "<tool_response>\n18C\n</tool_response>" in out and "\u27e618C" not in out

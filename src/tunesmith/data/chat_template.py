@@ -155,6 +155,8 @@ def _turn(messages: list[dict], k: int, turn: dict, template: Template, tools, e
         quiet = template.apply(messages[:k], True, tools, thinking=False, index=index)
         if full.startswith(quiet):
             prompt = quiet
+    if not full.startswith(prompt):
+        full = _as_prompted(messages, k, prompt, full, template, tools, index)
     if not full.startswith(prompt) or not full[len(prompt):].startswith(turn["cue"]):
         raise row_error(index, "the tokenizer's chat template writes the conversation differently from its own generation "
                                "prompt, so the assistant turn cannot be located exactly",
@@ -163,6 +165,23 @@ def _turn(messages: list[dict], k: int, turn: dict, template: Template, tools, e
     if empty_think == "mask" and not turn.get("reasoning") and (found := _EMPTY_THINK.match(span)):
         prompt, span = prompt + span[:found.end()], span[found.end():]  # templates without a switch
     return prompt + turn["cue"], span[len(turn["cue"]):]
+
+
+def _as_prompted(messages: list[dict], k: int, prompt: str, full: str, template: Template, tools, index: int) -> str:
+    """Turn k as inference meets it, for a template whose generation prompt differs from its
+    finished conversation (Mistral writes the system message into the last user turn only while
+    that turn is last): the generation prompt, then the turn's text as the finished form writes it,
+    found from where a stand-in content starts. Used only when both forms end the same way after
+    the last user-side text, so nothing between the prompt and the answer is lost."""
+    plain = not messages[k].get("tool_calls") and not messages[k].get("reasoning_content")
+    stand_in = template.apply([*messages[:k], {**messages[k], "content": SENTINEL}], False, tools, index=index) if plain else ""
+    before = stand_in[:stand_in.find(SENTINEL)] if SENTINEL in stand_in else ""
+    last = next((m["content"] for m in reversed(messages[:k]) if m["role"] != "assistant" and m["content"]), "")
+    if not before or not last or not full.startswith(before) or last not in before or last not in prompt:
+        return full
+    if before[before.rfind(last):] != prompt[prompt.rfind(last):]:
+        return full
+    return prompt + full[len(before):]
 
 
 def _add_span(segments: list[Segment], span: str, turn: dict, template: Template, reasoning: str,

@@ -18,6 +18,7 @@ from typing import Any
 from tunesmith.errors import row_error
 
 ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES = {"ipython": "tool", "function": "tool"}  # Llama 3.1's tool results; OpenAI's legacy function results
 # ShareGPT `from` values (and LLaMA-Factory's) -> roles; data.chat.roles adds to or overrides these.
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "model": "assistant", "bot": "assistant", "tool": "tool", "observation": "tool", "ipython": "tool",
@@ -68,7 +69,7 @@ def conversation(row: dict[str, Any], roles: dict[str, str], reasoning: str, ind
         where = f"messages[{i}]"
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise row_error(index, f"{where} must be an object with a string 'role', got {str(m)[:80]!r}")
-        role = m["role"]
+        role = ROLE_ALIASES.get(m["role"], m["role"])
         if role not in ROLES:
             raise row_error(index, f"{where} has role {role!r}; roles are {', '.join(ROLES)}",
                             "map other role names with data.chat.roles")

@@ -10,10 +10,12 @@ from tunesmith.config.schema import Config
 from tunesmith.data.rows import ROW, RowProcessor, dataset_format, render_setup
 from tunesmith.data.sources import load_source
 from tunesmith.data.tokenize import encode_batch, fit_length
+from tunesmith.data.tool_text import parts_of
 from tunesmith.errors import ConfigError
 from tunesmith.hf import IGNORE
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # marks trained text when colour is off
+PART_COLOURS = {"tool_call": "magenta", "tool_result": "cyan", "reasoning": "yellow"}
 
 
 def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dict]:
@@ -30,6 +32,9 @@ def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dic
     colour = console.is_terminal and not console.no_color
     if not colour:
         console.print(f"(trained tokens are shown between {OPEN} and {CLOSE})")
+    else:
+        console.print("(trained tokens in bold: answers green, tool calls magenta, reasoning yellow; "
+                      "masked ones dim, tool results cyan)")
     for i, row in enumerate(ds):
         examples, _ = processor.render({k: v for k, v in row.items() if k != ROW}, i)
         for part, segments in enumerate(examples):
@@ -58,8 +63,10 @@ def highlight(tokenizer, ids: list[int], labels: list[int], colour: bool) -> Tex
         run = list(run)
         piece = tokenizer.decode(ids[pos:pos + len(run)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         pos += len(run)
-        if trained:
-            out.append(piece, style="bold green") if colour else out.append(f"{OPEN}{piece}{CLOSE}")
-        else:
-            out.append(piece, style="dim" if colour else None)
+        if not colour:
+            out.append(f"{OPEN}{piece}{CLOSE}" if trained else piece)
+            continue
+        for text, kind in parts_of(piece):  # tool calls, tool results and reasoning in their own colours
+            style = ("bold " if trained else "dim ") + PART_COLOURS.get(kind, "green" if trained else "")
+            out.append(text, style=style.strip())
     return out

@@ -38,6 +38,23 @@ def reasoning_text(reasoning: str) -> str:
     return f"{THINK_OPEN}\n{reasoning.strip(chr(10))}\n{THINK_CLOSE}\n\n"
 
 
+# The parts previews and the report page mark apart: these tags, and the other templates' call markers.
+PART_PATTERN = re.compile(r"(?P<tool_call><tool_call>.*?</tool_call>|\[TOOL_CALLS\]\S*|<\|python_tag\|>)"
+                          r"|(?P<tool_result><tool_response>.*?</tool_response>|\[TOOL_RESULTS\].*?\[/TOOL_RESULTS\])"
+                          r"|(?P<reasoning><think>.*?</think>)", re.DOTALL)
+
+
+def parts_of(text: str) -> list[tuple[str, str | None]]:
+    """Text -> pieces, each with its kind: "tool_call", "tool_result", "reasoning" or None."""
+    out, pos = [], 0
+    for m in PART_PATTERN.finditer(text):
+        if m.start() > pos:
+            out.append((text[pos:m.start()], None))
+        out.append((m.group(), m.lastgroup))
+        pos = m.end()
+    return out + ([(text[pos:], None)] if pos < len(text) else [])
+
+
 def answer_content(turn: dict) -> str:
     """An assistant turn's text after any reasoning: its content, then its tool calls."""
     calls = calls_text(turn.get("tool_calls") or [])

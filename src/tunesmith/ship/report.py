@@ -16,12 +16,13 @@ from pathlib import Path
 import yaml
 
 from tunesmith.config.schema import Config
+from tunesmith.data.tool_text import parts_of
 from tunesmith.ship.facts import example_rows, masked, run_facts
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3;text-align:left}td.l,th.l,td.t{text-align:left}td.t{white-space:pre-wrap}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-all}
-.trained{background:#c8f0c8;font-weight:600}.masked{color:#777}figure{margin:.5em 0}h2{border-bottom:1px solid #ddd}"""
+.trained{background:#c8f0c8;font-weight:600}.masked{color:#777}.tool_call{color:#a0a}.tool_result{color:#088}.reasoning{color:#a60;font-style:italic}figure{margin:.5em 0}h2{border-bottom:1px solid #ddd}"""
 
 
 def write_report(cfg: Config, target: str | Path | None = None) -> Path:
@@ -123,12 +124,18 @@ def split_lengths(data_dir: Path) -> dict[str, list[int]]:
     return found
 
 
+def marked(text: str) -> str:
+    """Escaped text with tool calls, tool results and reasoning in spans of their own class."""
+    return "".join(f'<span class="{kind}">{esc(piece)}</span>' if kind else esc(piece) for piece, kind in parts_of(text))
+
+
 def examples_section(examples: list[dict]) -> str:
     if not examples:
         return ""
-    out = ["<h2>Training rows, trained tokens highlighted</h2>"]
+    out = ["<h2>Training rows, trained tokens highlighted</h2><p>Tool calls in <span class=tool_call>purple</span>, "
+           "tool results in <span class=tool_result>teal</span>, reasoning in <span class=reasoning>brown italics</span>.</p>"]
     for i, ex in enumerate(examples):
-        body = "".join(f'<span class="{"trained" if trained else "masked"}">{esc(text)}</span>' for text, trained in ex["runs"])
+        body = "".join(f'<span class="{"trained" if trained else "masked"}">{marked(text)}</span>' for text, trained in ex["runs"])
         out.append(f"<h3>row {i}: {ex['tokens']} tokens, {ex['trained']} trained</h3><pre>{body}</pre>")
     return "\n".join(out)
 
