@@ -102,7 +102,7 @@ def test_init_template_is_a_valid_config_once_filled(tmp_path, tok_dir):
 
 @pytest.mark.parametrize("example", ["summarization/local.yaml", "summarization/hub-llama2-7b-4bit.yaml", "chat/chat.yaml",
                                      "arc_easy/cpu.yaml", "arc_easy/gpu-8b-qlora.yaml", "summarization/dataprep.yaml",
-                                     "summarization/finetune.yaml"])
+                                     "summarization/finetune.yaml", "agent/agent.yaml"])
 def test_example_configs_validate(example):
     from tunesmith.config.training_keys import check_training_keys
 

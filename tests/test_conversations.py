@@ -141,3 +141,31 @@ def test_preview_shows_tool_rows_with_trained_calls(tmp_path, tok_dir, capsys):
     out = capsys.readouterr().out
     assert '\u27e6<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\u27e7' in out
     assert "<tool_response>\n18C\n</tool_response>" in out and "\u27e618C" not in out
+
+
+def test_generate_prints_tool_calls_and_reasoning_apart():
+    from tunesmith.infer.generate import answer_record
+
+    assert answer_record("plain") == {"answer": "plain"}
+    text = '<think>\nr\n</think>\n\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    assert answer_record(text) == {"answer": text, "content": "", "reasoning": "r",
+                                   "tool_calls": [{"name": "f", "arguments": {"x": 1}}]}
+
+
+def test_agent_example_prepares_with_every_call_trained(tmp_path, tok_dir):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "agent" / "agent.yaml"
+    assert main(["prep", str(example), f"base_model={tok_dir}", f"output_dir={tmp_path}",
+                 "data.max_length=8192"]) == 0  # the tiny test tokenizer spends more tokens per word
+    ds = load_from_disk(str(tmp_path / "data"))["train"]
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    source = [json.loads(line) for line in (example.parent / "train.jsonl").read_text().splitlines()]
+    assert len(ds) == len(source) == 30
+    for row, conversation in zip(ds, source):
+        trained = tok.decode([i for i, lab in zip(row["input_ids"], row["labels"]) if lab != IGNORE])
+        for m in conversation["messages"]:
+            for call in m.get("tool_calls") or []:
+                assert f'<tool_call>\n{{"name": "{call["function"]["name"]}", "arguments": ' in trained
+            if m["role"] in ("user", "tool", "system"):
+                assert m["content"] not in trained

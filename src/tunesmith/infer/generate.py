@@ -79,5 +79,21 @@ def run_generate(cfg: Config | None, model_path: str | None, prompts: str, max_n
     answers = decode_answers(tokenizer, generate_ids(model, tokenizer, ids, stop, max_new_tokens, batch_size,
                                                      show_progress=len(ids) > 1, stop_ids=renderer.stop_ids), stop)
     for answer in answers:
-        print(json.dumps({"answer": answer}))
+        print(json.dumps(answer_record(answer), ensure_ascii=False))
     return answers
+
+
+def answer_record(answer: str) -> dict:
+    """The printed line: the answer's text, plus its tool calls (parsed JSON) and its reasoning,
+    apart, when it has them."""
+    from tunesmith.data.tool_text import read_answer
+
+    parsed = read_answer(answer)
+    record = {"answer": answer}
+    if parsed["tool_calls"] or parsed["reasoning"]:
+        record["content"] = parsed["content"]
+        if parsed["reasoning"]:
+            record["reasoning"] = parsed["reasoning"]
+        if parsed["tool_calls"]:
+            record["tool_calls"] = parsed["tool_calls"]
+    return record
