@@ -20,9 +20,22 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.flo
 keys = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=8)
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)),
                       max_leaves=6)
-messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(ROLES), "content": st.one_of(st.text(max_size=30), st.none())}),
-                    max_size=5)
-rows = st.lists(st.dictionaries(st.sampled_from(COLUMNS), st.one_of(values, messages, st.text(min_size=1, max_size=30)),
+# Chat turns as public data has them: content parts, tool calls (arguments a JSON string, maybe broken,
+# or an object), tool results, reasoning; and ShareGPT turns.
+parts = st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "x"]), "text": st.text(max_size=8)}),
+                 max_size=2)
+calls = st.lists(st.fixed_dictionaries({"id": st.text(max_size=9), "type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.one_of(st.text(max_size=8), st.none()),
+     "arguments": st.one_of(st.text(alphabet='{}":a1 ', max_size=12), st.dictionaries(keys, scalars, max_size=2))})}), max_size=2)
+messages = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(ROLES), "content": st.one_of(st.text(max_size=30), st.none(), parts)},
+    optional={"tool_calls": calls, "reasoning_content": st.text(max_size=10), "tool_call_id": st.text(max_size=9)}),
+    max_size=5)
+sharegpt = st.lists(st.fixed_dictionaries({"from": st.sampled_from(["human", "gpt", "system", "observation", "function_call",
+                                                                   "narrator"]),
+                                           "value": st.one_of(st.text(max_size=20), st.none())}), max_size=4)
+rows = st.lists(st.dictionaries(st.sampled_from([*COLUMNS, "conversations", "tools"]),
+                                st.one_of(values, messages, sharegpt, st.text(min_size=1, max_size=30)),
                                 min_size=1, max_size=4), min_size=0, max_size=8)
 configs = st.fixed_dictionaries({
     "max_length": st.integers(2, 64),
@@ -33,11 +46,13 @@ configs = st.fixed_dictionaries({
     "format": st.sampled_from(["auto", "input", "prompt_response", "chat"]),
     "prompt_format": st.sampled_from(["plain", "alpaca", "chatml", "llama2", "chat_template", "user_assistant"]),
     "assistant_turns": st.sampled_from(["all", "last"]),
+    "chat": st.fixed_dictionaries({}, optional={"reasoning": st.sampled_from(["train", "mask", "drop"]),
+                                                "empty_think": st.sampled_from(["mask", "train"])}),
     "validation_split": st.one_of(st.none(), st.sampled_from([0.1, 0.5])),
 })
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(rows=rows, data=configs, as_lines=st.booleans())
 def test_prep_never_ends_in_a_traceback(tok_dir, capsys, rows, data, as_lines):
     with tempfile.TemporaryDirectory() as tmp:

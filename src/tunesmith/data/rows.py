@@ -172,7 +172,7 @@ def dataset_format(declared: str, columns: list[str], renames: dict[str, str], h
         return ""
     found = detect_format(renamed_columns(columns, renames))
     if not found:
-        raise DataError(f"cannot tell the data format from its columns {sorted(columns)}",
+        raise DataError(f"cannot tell the data format from its columns {sorted(c for c in columns if c != ROW)}",
                         "rows need input+response, prompt+response/completion, or messages; map other "
                         "names with data.columns (e.g. {prompt: question, response: answer}) or data.preprocessing_fn")
     return found
