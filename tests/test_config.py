@@ -108,3 +108,18 @@ def test_example_configs_validate(example):
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / example)
     check_training_keys(cfg.training)
+
+
+@pytest.mark.parametrize("text,key,lines", [
+    ("name: a\nbase_model: m\ntraining:\n  learning_rate: 1.0e-4\n  learning_rate: 2.0e-4\n", "learning_rate", (4, 5)),
+    ("name: a\nbase_model: m\nname: b\n", "name", (1, 3)),
+    ("base_model: m\ndata: {max_length: 8, max_length: 9}\n", "max_length", (2, 2)),
+    # the two reference frameworks' forms are read by the same loader
+    ("base_model: gpt2\ndataprep:\n  input_path: a\n  input_path: b\n", "input_path", (3, 4)),
+    ("variables:\n  x: 1\nmax_seq_len: 8\nmax_seq_len: 9\n", "max_seq_len", (3, 4)),
+])
+def test_a_key_given_twice_is_named_with_both_lines(tmp_path, capsys, text, key, lines):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["check", str(path)]) == 2
+    assert f"key {key!r} is given twice, on line {lines[0]} and on line {lines[1]}" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from helpers import write_config
+from helpers import write_config, write_jsonl
 from tunesmith.cli import main
 
 GOOD = '{"prompt": "Q: hi\\nA: ", "response": "yo"}\n'
@@ -62,7 +62,7 @@ CASES = {
                                ["data.train: Install s3fs to access S3", "pip install s3fs"]),
     "from_disk not a dataset": ({"folder/x.txt": b"hi"}, {"from_disk": "folder"}, ["data.train.from_disk: not found", "folder is neither"]),
     "function raises": ({"src.py": b"def rows():\n    raise KeyError('text')\n"}, {"function": "src.py:rows"},
-                        ["data.train.function {dir}/src.py:rows raised KeyError: 'text'", "--debug"]),
+                        ["data.train.function {dir}/src.py:rows raised KeyError ({dir}/src.py, line 2): 'text'", "--debug"]),
 }
 
 
@@ -187,3 +187,22 @@ def test_remote_storage_errors_are_translated(error, expected):
 def test_a_path_that_looks_like_a_status_code_or_says_split_is_still_not_found(tmp_path, capsys, tok_dir):
     prep_fails(tmp_path, capsys, {"path": "json", "data_files": "memory://run-403/split-401.jsonl"},
                ["data.train: not found: Unable to find 'memory://run-403/split-401.jsonl'"], tok_dir)
+
+
+@pytest.mark.parametrize("code,needle", [
+    ("def fn(row):\n    return {'prompt': row['a'],\n", "{dir}/pre.py, line 2: syntax error: '{{' was never closed"),
+    ("x = 1\nraise RuntimeError('no config here')\ndef fn(row):\n    return row\n",
+     "importing {dir}/pre.py raised RuntimeError ({dir}/pre.py, line 2): no config here"),
+    ("import not_a_real_package_xyz\ndef fn(row):\n    return row\n",
+     "importing {dir}/pre.py failed ({dir}/pre.py, line 1): No module named 'not_a_real_package_xyz'"),
+    ("def other(row):\n    return row\n", "{dir}/pre.py has no function 'fn'"),
+    ("fn = 3\n", "{dir}/pre.py:fn is a int, not a function"),
+])
+def test_user_code_that_fails_to_load_is_named(tmp_path, capsys, tok_dir, code, needle):
+    (tmp_path / "pre.py").write_text(code)
+    write_jsonl(tmp_path / "t.jsonl", [{"a": "q", "b": "r"}])
+    cfg = write_config(tmp_path / "c.yaml", {"base_model": str(tok_dir), "output_dir": str(tmp_path / "out"),
+                                            "data": {"train": {"data_files": "t.jsonl"}, "preprocessing_fn": "pre.py:fn"}})
+    assert main(["prep", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "data.preprocessing_fn: " + needle.format(dir=tmp_path) in err and "Traceback" not in err

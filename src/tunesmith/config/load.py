@@ -17,13 +17,37 @@ from tunesmith.config.secrets import mask_text, secret_values
 from tunesmith.errors import ConfigError
 
 
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error naming the
+    key and both lines (plain YAML keeps the last value without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKey(f"key {key!r} is given twice, on line {seen[key]} and on line {line}")
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     """Read, override, validate and resolve a config file. Raises ConfigError on any problem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found", "check the path; relative paths start from the working directory")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=StrictLoader) or {}
+    except DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}", "keep one of them: YAML would silently use the last") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from tunesmith.config.schema import ChatConfig
 from tunesmith.data.conversations import conversation, normalize_tools
+from tunesmith.data.sources import user_frame
 from tunesmith.errors import row_error
 
 
@@ -40,7 +41,7 @@ def apply_preprocessing(row: dict[str, Any], fn: Callable, fn_name: str, index: 
     try:
         out = fn(row)
     except Exception as e:
-        raise row_error(index, f"preprocessing function {fn_name} raised {type(e).__name__}: {e}") from None
+        raise row_error(index, f"preprocessing function {fn_name} raised {type(e).__name__}{user_frame(e)}: {e}") from None
     if not isinstance(out, dict):
         raise row_error(index, f"preprocessing function {fn_name} returned {type(out).__name__}, not a dict",
                         "return {'prompt': ..., 'response': ...}, {'input': ..., 'response': ...} or {'messages': [...]}")

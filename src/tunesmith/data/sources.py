@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets.utils import logging as ds_logging
 
 from tunesmith.config.schema import SourceConfig
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ConfigError, DataError, TunesmithError
 from tunesmith.translate_errors import first_line, source_load_error
 
 
@@ -31,7 +32,7 @@ def load_source(src: SourceConfig, where: str = "data.train") -> Dataset:
         try:
             loaded = fn()
         except Exception as e:  # user code: say whose, keep its traceback for --debug
-            raise DataError(f"{where}.function {src.function} raised {type(e).__name__}: {first_line(e)}",
+            raise DataError(f"{where}.function {src.function} raised {type(e).__name__}{user_frame(e)}: {first_line(e)}",
                             "fix the function; --debug shows its traceback") from e
         if isinstance(loaded, list):
             loaded = Dataset.from_list(loaded)
@@ -131,29 +132,64 @@ def _pick_split(loaded: Dataset | DatasetDict, split: str, origin: str) -> Datas
 
 
 def import_callable(spec: str, key: str) -> Callable:
-    """`package.module:function` (importable) or `path/to/file.py:function`."""
+    """`package.module:function` (importable) or `path/to/file.py:function`, loaded in this one
+    guarded place: a syntax error, an exception while importing, a missing or non-callable name
+    each end in one message with the file, line and function."""
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
         raise ConfigError(f"{key}: {spec!r} is not of the form module:function or file.py:function")
     try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise DataError(f"{target}: file not found ({key})", "relative paths start from the config file's folder")
-            module_name = f"tunesmith_user_{path.stem}"
-            module = sys.modules.get(module_name)
-            if module is None or getattr(module, "__file__", None) != str(path):
-                sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
-                module_spec = importlib.util.spec_from_file_location(module_name, path)
-                module = importlib.util.module_from_spec(module_spec)
-                sys.modules[module_name] = module  # worker processes find it when unpickling
-                module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except ImportError as e:
-        raise ConfigError(f"{key}: cannot import {target!r}: {e}",
-                          "use path/to/file.py:function, or put the module on PYTHONPATH") from None
+        module = _load_module(target, key)
+    except SyntaxError as e:
+        raise ConfigError(f"{key}: {e.filename}, line {e.lineno}: syntax error: {e.msg}",
+                          f"fix the file; then {name} can be loaded") from None
+    except ModuleNotFoundError as e:
+        if e.name and (target == e.name or target.startswith(e.name + ".")):
+            raise ConfigError(f"{key}: cannot import {target!r}: {e}",
+                              "use path/to/file.py:function, or put the module on PYTHONPATH") from None
+        raise ConfigError(f"{key}: importing {target} failed{user_frame(e)}: {e}",
+                          f"install {e.name} (into .venv), or remove the import") from None
+    except TunesmithError:
+        raise
+    except Exception as e:  # anything the user's module raises while it is imported
+        raise ConfigError(f"{key}: importing {target} raised {type(e).__name__}{user_frame(e)}: {e}",
+                          "fix the module: it runs when tunesmith loads it") from None
     fn = getattr(module, name, None)
+    if fn is None:
+        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))[:8]
+        raise ConfigError(f"{key}: {target} has no function {name!r}",
+                          f"functions defined there: {', '.join(defined) or 'none'}")
     if not callable(fn):
-        raise ConfigError(f"{key}: {target} has no function {name!r}")
+        raise ConfigError(f"{key}: {target}:{name} is a {type(fn).__name__}, not a function")
     return fn
+
+
+def _load_module(target: str, key: str):
+    if not target.endswith(".py"):
+        return importlib.import_module(target)
+    path = Path(target)
+    if not path.is_file():
+        raise DataError(f"{target}: file not found ({key})", "relative paths start from the config file's folder")
+    module_name = f"tunesmith_user_{path.stem}"
+    module = sys.modules.get(module_name)
+    if module is None or getattr(module, "__file__", None) != str(path):
+        sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module  # worker processes find it when unpickling
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]  # a half-run module is not cached
+            raise
+    return module
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])  # tunesmith's own frames are not the user's
+
+
+def user_frame(e: BaseException) -> str:
+    """' (file, line N)' of the innermost frame of the user's code in the traceback, '' if none."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith(("<frozen", _PACKAGE)) and "importlib" not in f.filename]
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
