@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup test demo bench docs clean
+.PHONY: setup test lint demo bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# CI runs it before the tests; the rule set and line length are in pyproject.toml ([tool.ruff]).
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
 
 demo: setup
 	$(PY) -m tunesmith.cli demo

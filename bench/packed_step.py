@@ -39,7 +39,8 @@ def case(model_dir: str, layout: str, n_ex: int, rows: int, bf16: bool, steps: i
     tok = load_tokenizer(model_dir)
     feats = []
     for r in ts.make_rows(n_ex):
-        p = tok(r["prompt"])["input_ids"]; full = tok(r["prompt"] + r["response"])["input_ids"][:511] + [tok.eos_token_id]
+        p = tok(r["prompt"])["input_ids"]
+        full = tok(r["prompt"] + r["response"])["input_ids"][:511] + [tok.eos_token_id]
         feats.append({"input_ids": full, "labels": [IGNORE if j < len(p) else t for j, t in enumerate(full)]})
     if layout == "packed":  # prep's own plan and row builder (data/pack.py), on these examples
         members, per_row = plan_rows(np.array([len(f["input_ids"]) for f in feats], dtype=np.int32), 512)
@@ -58,12 +59,15 @@ def case(model_dir: str, layout: str, n_ex: int, rows: int, bf16: bool, steps: i
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch).loss
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
         if i == 0:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    tokens = int((batch["labels"] != IGNORE).sum()); shape = list(batch["input_ids"].shape)
+    tokens = int((batch["labels"] != IGNORE).sum())
+    shape = list(batch["input_ids"].shape)
     st = float(np.median(times[1:]))
     return {"layout": layout, "examples": n_ex, "speedups": applied, "shape": shape, "trained": tokens, "bf16": bf16, "step_s": round(st, 3),
             "trained_tok_s": round(tokens / st), "minflt_per_step": (f1 - f0) // max(steps - 1, 1),
@@ -78,5 +82,5 @@ if __name__ == "__main__":
     for spec in sys.argv[3:]:
         layout, n_ex, rows, bf16 = spec.split(":")
         out = subprocess.run([sys.executable, __file__, "w", model_dir, layout, n_ex, rows, bf16, steps], capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
         print(line[0][7:] if line else out.stderr[-1500:], flush=True)

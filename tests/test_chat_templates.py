@@ -9,8 +9,7 @@ Shapes a template cannot render are refused with a message naming the row, never
 Tokenizers are tiny BPE ones trained here, with each model's special tokens."""
 from __future__ import annotations
 
-import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -44,7 +43,7 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
                                                           "required": ["city"]}}}]
 
 
-@lru_cache(maxsize=None)
+@cache
 def tokenizer(name: str) -> PreTrainedTokenizerFast:
     bos, eos, specials = MODELS[name]
     tok = Tokenizer(models.BPE(unk_token=None))

@@ -123,3 +123,26 @@ def test_a_key_given_twice_is_named_with_both_lines(tmp_path, capsys, text, key,
     path.write_text(text)
     assert main(["check", str(path)]) == 2
     assert f"key {key!r} is given twice, on line {lines[0]} and on line {lines[1]}" in capsys.readouterr().err
+
+
+def test_training_values_checked_and_numbers_as_text_read(tmp_path, capsys, tok_dir):
+    text = ("base_model: {tok}\ntraining:\n  learning_rate: 1e-4\n  per_device_train_batch_size: 0\n"
+            "  lr_scheduler_type: cosnie\n  num_train_epochs: three\n  bf16: yes please\n  max_grad_norm: -1\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(text.format(tok=tok_dir))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "training.learning_rate: '1e-4' read as the number 0.0001" in err
+    for line in ["training.per_device_train_batch_size: must be at least 1, got 0",
+                 "training.lr_scheduler_type: must be one of linear, cosine,",
+                 "training.num_train_epochs: must be a number, got 'three' (str)",
+                 "training.bf16: must be true or false, got 'yes please' (str)",
+                 "training.max_grad_norm: must be 0 or more, got -1"]:
+        assert line in err, line
+    assert "Traceback" not in err
+    # written as text but plainly a number: the run goes on with the number
+    from tunesmith.config.training_keys import check_training_keys
+
+    training = {"learning_rate": "1e-4", "warmup_steps": "10", "gradient_accumulation_steps": "2"}
+    check_training_keys(training)
+    assert training == {"learning_rate": 1e-4, "warmup_steps": 10, "gradient_accumulation_steps": 2}

@@ -37,7 +37,7 @@ class Mode(str, Enum):
 
 
 class Node(_S):
-    child: "Node | None" = Field(None, description="the same model again")
+    child: Node | None = Field(None, description="the same model again")
     leaves: dict[str, Leaf] = Field(default_factory=dict, description="named leaves")
 
 

@@ -57,8 +57,10 @@ CASES = {
     "bad split slice": ({"t.jsonl": GOOD.encode()}, {"data_files": "t.jsonl", "split": "train[:200%]"}, ["data.train.split 'train[:200%]'"]),
     "unknown load_dataset keyword": ({"t.jsonl": GOOD.encode()}, {"data_files": "t.jsonl", "kwargs": {"bogus": 1}},
                                      ["data.train.kwargs: ", "unexpected keyword argument 'bogus'"]),
-    "hub dataset unreachable": ({}, {"path": "someone/no-such-dataset"}, ["data.train: Couldn't reach 'someone/no-such-dataset'", "builders are json"]),
-    "missing fsspec backend": ({}, {"data_files": "s3://bucket/train.jsonl", "storage_options": {"key": "AKIAEXAMPLE", "secret": "wJalrXUtnFEMIEXAMPLE"}},
+    "hub dataset unreachable": ({}, {"path": "someone/no-such-dataset"},
+                                ["data.train: Couldn't reach 'someone/no-such-dataset'", "builders are json"]),
+    "missing fsspec backend": ({}, {"data_files": "s3://bucket/train.jsonl",
+                                    "storage_options": {"key": "AKIAEXAMPLE", "secret": "wJalrXUtnFEMIEXAMPLE"}},
                                ["data.train: Install s3fs to access S3", "pip install s3fs"]),
     "from_disk not a dataset": ({"folder/x.txt": b"hi"}, {"from_disk": "folder"}, ["data.train.from_disk: not found", "folder is neither"]),
     "function raises": ({"src.py": b"def rows():\n    raise KeyError('text')\n"}, {"function": "src.py:rows"},
@@ -92,7 +94,8 @@ def test_chat_template_asked_for_without_one(tmp_path, capsys, tok_dir):
     (tok / "tokenizer_config.json").write_text(json.dumps(config))
     (tok / "chat_template.jinja").unlink(missing_ok=True)
     (tmp_path / "t.jsonl").write_text(GOOD)
-    prep_fails(tmp_path, capsys, {"data_files": "t.jsonl"}, ["data.prompt_format: chat_template was asked for, but the tokenizer has no chat template"],
+    prep_fails(tmp_path, capsys, {"data_files": "t.jsonl"},
+               ["data.prompt_format: chat_template was asked for, but the tokenizer has no chat template"],
                tok, prompt_format="chat_template")
 
 

@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from datasets import Dataset, load_from_disk
@@ -172,7 +171,8 @@ def test_bad_jsonl_line_gives_line_number(tmp_path, tok_dir, capsys):
     ([{"prompt": "a", "response": "b"}, {"prompt": "c"}], "row 1: missing required field 'response'"),
     ([{"input": "a", "response": "b"}, {"input": "c", "response": 5}], "row 1: field 'response' must be a string, got int"),
     ([{"prompt": "a", "response": ""}], "row 0: field 'response' is empty"),
-    ([{"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}], "row 0: messages[0]: role 'assistant' cannot come at the start"),
+    ([{"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]}],
+     "row 0: messages[0]: role 'assistant' cannot come at the start"),
     ([{"question": "a", "answer": "b"}], "cannot tell the data format from its columns ['answer', 'question']"),
 ])
 def test_bad_rows(tmp_path, tok_dir, capsys, rows, needle):
@@ -190,7 +190,8 @@ def test_bad_preprocessing_fn(tmp_path, tok_dir, capsys, body, needle):
 
 
 def test_bad_unknown_config_key(tmp_path, tok_dir, capsys):
-    assert "data.overlenght: unknown key; did you mean 'overlength'?" in bad(tmp_path, tok_dir, capsys, [{"prompt": "a", "response": "b"}], overlenght="drop")
+    message = bad(tmp_path, tok_dir, capsys, [{"prompt": "a", "response": "b"}], overlenght="drop")
+    assert "data.overlenght: unknown key; did you mean 'overlength'?" in message
 
 
 def test_bad_tokenizer(tmp_path, tok_dir, capsys):

@@ -7,7 +7,8 @@ from helpers import write_config, write_jsonl
 from tunesmith.cli import main
 from tunesmith.config.secrets import MASK, is_secret_key, mask, mask_text, secret_values
 
-S3_KEY, S3_SECRET, HUB_TOKEN, URL_PASSWORD = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "hf_aBcDeFgHiJkLmNoP", "pa55w0rd-in-url"
+S3_KEY, S3_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+HUB_TOKEN, URL_PASSWORD = "hf_aBcDeFgHiJkLmNoP", "pa55w0rd-in-url"
 SECRETS = [S3_KEY, S3_SECRET, HUB_TOKEN, URL_PASSWORD]
 
 
@@ -52,7 +53,8 @@ def test_no_secret_in_any_output_file_or_the_printed_output(tmp_path, tiny_llama
     run_config = (tmp_path / "out" / "run_config.yaml").read_text()
     assert "# masked (***): data.train.storage_options.key" in run_config and "# masked (***): training.hub_token" in run_config
     assert yaml.safe_load(run_config)["training"]["hub_token"] == MASK
-    assert json.loads((tmp_path / "out" / "data" / "tunesmith_data.json").read_text())["data_config"]["train"]["storage_options"] == {"key": MASK, "secret": MASK}
+    saved = json.loads((tmp_path / "out" / "data" / "tunesmith_data.json").read_text())
+    assert saved["data_config"]["train"]["storage_options"] == {"key": MASK, "secret": MASK}
 
 
 def test_seed_style_translation_prints_no_credentials(tmp_path, tiny_llama, capsys):

@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import make_tiny_llama, write_config, write_jsonl
+from helpers import write_config, write_jsonl
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.data.render import make_renderer
@@ -296,7 +296,8 @@ def test_models_outside_the_trained_token_path_keep_the_trainers_loss_scaling(tm
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
     assert not supports_trained_positions_loss(gpt2)
     gpt2.save_pretrained(tmp_path / "gpt2")

@@ -44,7 +44,7 @@ class SourceConfig(Strict):
         return data
 
     @model_validator(mode="after")
-    def _exactly_one_kind(self) -> "SourceConfig":
+    def _exactly_one_kind(self) -> SourceConfig:
         given = [k for k in ("path", "from_disk", "function") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(
@@ -181,14 +181,16 @@ class DataConfig(Strict):
                             "answer's end), or stop with an error; drops and cuts are counted in prep_report.json")
     bad_rows: Literal["error", "skip"] = Field(
         "error", description="a malformed row: stop naming it, or skip it (counted, with row indices, in prep_report.json)")
-    num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default for 20k+ rows: one per two cores (the tokenizer threads each batch)")
+    num_proc: int | None = Field(None, ge=1, description="processes for tokenization; default for 20k+ rows: one per two cores "
+                                                         "(the tokenizer threads each batch)")
     output: str | None = Field(None, description="default: <output_dir>/data")
     output_layout: Literal["splits", "dataset"] = Field(
         "splits", description="splits: a DatasetDict (train, eval); dataset: the train split as one Dataset, as the "
                               "two-step workflow's dataprep writes it")
     writer: Literal["save_to_disk", "to_json", "to_parquet", "to_csv"] = Field(
         "save_to_disk", description="how `output` is written; to_json/to_parquet/to_csv write one file (dataset layout)")
-    export: list[Literal["jsonl", "parquet"]] = Field(default_factory=list, description="also write each split as <split>.jsonl / <split>.parquet in the output folder")
+    export: list[Literal["jsonl", "parquet"]] = Field(
+        default_factory=list, description="also write each split as <split>.jsonl / <split>.parquet in the output folder")
 
     @field_validator("columns")
     @classmethod
@@ -200,7 +202,7 @@ class DataConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _one_eval(self) -> "DataConfig":
+    def _one_eval(self) -> DataConfig:
         if self.eval is not None and self.validation_split is not None:
             raise ValueError("give either `eval` (a second source) or `validation_split`, not both")
         if self.writer != "save_to_disk" and self.output_layout != "dataset":
@@ -220,7 +222,7 @@ class Config(Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="the data part, read by `tunesmith prep`")
     train_data: str | None = Field(None, description="prepared data to train on; default: data.output")
     eval_data: str | None = Field(None, description="prepared eval data, when prepared separately")
-    model: "ModelConfig" = Field(default_factory=lambda: ModelConfig(), description="how the model is loaded and trained")
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(), description="how the model is loaded and trained")
     training: dict[str, Any] = Field(default_factory=dict, description="any transformers TrainingArguments field, checked "
                                                                       "before any work; tunesmith's defaults: docs/training.md")
     seed_compat: list[str] = Field(default_factory=list, exclude=True, description="notes on translated keys (two-step or llm-foundry files)")

@@ -20,7 +20,8 @@ class LoraConfig(_Strict):
     r: int = Field(16, gt=0, description="the adapter's rank")
     alpha: int = Field(32, gt=0, description="scaling: the update is multiplied by alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
-    target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="layer names to adapt; default: every linear layer inside the transformer blocks (not lm_head or embeddings)")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None, description="layer names to adapt; default: every linear layer inside the transformer blocks (not lm_head or embeddings)")
 
 
 SpeedupSwitch = Literal["auto", "off"]
@@ -69,7 +70,8 @@ class ModelConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="the adapter, for lora and qlora")
     quantization_bits: Literal[4, 8] = Field(4, description="QLoRA: load the base model in 4 or 8 bits (CUDA only)")
     merge: bool = Field(False, description="LoRA: also write merged/ (adapter folded into the base weights)")
-    resume: Literal["auto", "never"] | str = Field("never", description="never; auto: continue from the newest complete checkpoint (one cut short is skipped); or a checkpoint folder")
+    resume: Literal["auto", "never"] | str = Field(
+        "never", description="never; auto: continue from the newest complete checkpoint (one cut short is skipped); or a checkpoint folder")
     early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without improvement before stopping")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a step whose loss or gradients are NaN/inf: stop naming it, or skip its update (counted)")

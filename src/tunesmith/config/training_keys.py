@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 
 import torch
 from transformers import TrainingArguments
 from transformers.utils import is_liger_kernel_available
 
+from tunesmith.config.training_values import check_training_values
 from tunesmith.errors import ConfigError
 
 OWNED = {"output_dir": "top-level output_dir", "resume_from_checkpoint": "model.resume"}
@@ -28,9 +30,12 @@ def checkpointing_requested(training: dict) -> bool:
 
 
 def check_training_keys(training: dict) -> None:
-    """Unknown keys fail before any work starts, with the closest valid name."""
+    """Unknown keys fail before any work starts, with the closest valid name; values of the wrong
+    type or out of range too (training_values.py), numbers written as text converted in place."""
     valid = valid_fields()
-    problems = []
+    notes, problems = check_training_values(training)
+    for note in notes:
+        print(f"tunesmith: {note}", file=sys.stderr)
     for key in training:
         if key in OWNED:
             problems.append(f"  training.{key}: set by tunesmith; use {OWNED[key]}")

@@ -6,7 +6,8 @@ Normalized shapes:
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tunesmith.config.schema import ChatConfig
 from tunesmith.data.conversations import conversation, normalize_tools

@@ -12,7 +12,8 @@ which are saved with a trained model: it renders the same with the config or wit
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from transformers import PreTrainedTokenizerBase
 

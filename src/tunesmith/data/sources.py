@@ -9,7 +9,8 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets.utils import logging as ds_logging

@@ -10,7 +10,7 @@ rows/s and the time left.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from rich.console import Console

@@ -147,7 +147,8 @@ def prompt_section(cfg: Config, examples: list[dict], tokenizer) -> str:
 
         before, after = prompt_parts(cfg, tokenizer, cfg.data.prompt.system_message)
         lines += ["The prompt around your input (`{input}`); the model writes its answer after it, and ends it with "
-                  f"`{after.strip() or tokenizer.eos_token}`" + (" (the tokenizer adds BOS first)" if tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id] else "") + ":\n",
+                  f"`{after.strip() or tokenizer.eos_token}`"
+                  + (" (the tokenizer adds BOS first)" if tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id] else "") + ":\n",
                   fence(before.replace(PROMPT, "{input}")), ""]
     if examples:
         runs = examples[0]["runs"]

@@ -22,7 +22,8 @@ from tunesmith.ship.facts import example_rows, masked, run_facts
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3;text-align:left}td.l,th.l,td.t{text-align:left}td.t{white-space:pre-wrap}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-all}
-.trained{background:#c8f0c8;font-weight:600}.masked{color:#777}.tool_call{color:#a0a}.tool_result{color:#088}.reasoning{color:#a60;font-style:italic}figure{margin:.5em 0}h2{border-bottom:1px solid #ddd}"""
+.trained{background:#c8f0c8;font-weight:600}.masked{color:#777}
+.tool_call{color:#a0a}.tool_result{color:#088}.reasoning{color:#a60;font-style:italic}figure{margin:.5em 0}h2{border-bottom:1px solid #ddd}"""
 
 
 def write_report(cfg: Config, target: str | Path | None = None) -> Path:
@@ -164,7 +165,8 @@ def eval_section(evals: list[dict]) -> str:
         out += (f"<h3>Predictions that changed: {len(changed)} of {len(after['predictions'])} "
                 f"({esc(before['label'])} -> {esc(after['label'])})</h3>")
         out += table(["row", "reference", before["label"], after["label"]],
-                     [f"<td>{a['row']}</td>" + "".join(f"<td class=t>{esc(visible(x))}</td>" for x in (a["reference"], b["prediction"], a["prediction"]))
+                     [f"<td>{a['row']}</td>"
+                      + "".join(f"<td class=t>{esc(visible(x))}</td>" for x in (a["reference"], b["prediction"], a["prediction"]))
                       for b, a in changed])
     return out
 

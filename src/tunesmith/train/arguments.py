@@ -60,7 +60,8 @@ def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
         learning_rate=2e-4 if lora else 2e-5, warmup_steps=0, logging_steps=10,
         save_strategy="steps", save_steps=500, save_total_limit=2,
         eval_strategy="steps" if has_eval else "no", report_to="none",
-        bf16=default_bf16(), use_liger_kernel=default_liger(switch=cfg.model.speedups.liger), use_cpu=not torch.cuda.is_available(), seed=cfg.data.seed, remove_unused_columns=False, dataloader_num_workers=0,
+        bf16=default_bf16(), use_liger_kernel=default_liger(switch=cfg.model.speedups.liger), use_cpu=not torch.cuda.is_available(),
+        seed=cfg.data.seed, remove_unused_columns=False, dataloader_num_workers=0,
     )
     if has_eval:
         defaults["eval_steps"] = user.get("logging_steps", defaults["logging_steps"]) * 5

@@ -98,7 +98,8 @@ def duration_to_trainer(duration: Duration, global_batch: int, key: str = "max_d
         return {"max_steps": int(duration.value)}, f"{key} {duration} -> max_steps {int(duration.value)}"
     if duration.unit == "sp":
         steps = math.ceil(duration.value / global_batch)
-        return {"max_steps": steps}, f"{key} {duration} -> max_steps {steps} ({int(duration.value)} samples / global batch {global_batch}, rounded up)"
+        return {"max_steps": steps}, (f"{key} {duration} -> max_steps {steps} "
+                                      f"({int(duration.value)} samples / global batch {global_batch}, rounded up)")
     raise ConfigError(f"{key}: {duration} is in {UNITS[duration.unit]}, which the Trainer cannot stop on",
                       "use epochs (ep), batches (ba) or samples (sp)")
 
