@@ -104,9 +104,13 @@ def run_command(args: argparse.Namespace) -> int:
 
         run_demo(args.config, args.overrides)
         return 0
+    from tunesmith.config.paths import check_command_paths
+
     if args.config is None:  # eval, generate, chat: the prompt settings come from --model
+        check_command_paths(args.command, args, None, None)
         return run_model_command(args, None)
     cfg = load_config(args.config, args.overrides)
+    check_command_paths(args.command, args, cfg.resolved_output_dir(), cfg.resolved_data_dir())
     args.secrets = secret_values(cfg.model_dump(mode="json"))  # masked in any message printed below
     if cfg.seed_compat and os.environ.get("RANK", "0") == "0":  # said once under a launcher
         print(f"tunesmith: read a config in {cfg.compat_source} form; translated:", file=sys.stderr)
