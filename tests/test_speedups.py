@@ -262,7 +262,7 @@ def test_a_custom_compute_loss_func_is_refused_with_the_loss_at_trained_position
     model = tiny_model("llama")
     use_trained_positions_loss(model)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    with pytest.raises(ValueError, match="compute_loss_func"):
+    with pytest.raises(ConfigError, match="compute_loss_func"):
         TunesmithTrainer(model=model, args=args, compute_loss_func=lambda outputs, labels, num_items_in_batch: 0)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", label_smoothing_factor=0.1)
     use_trained_positions_loss(model, TrainedPositionsLoss(label_smoothing=0.1))

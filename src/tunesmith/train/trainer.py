@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from tunesmith.errors import ConfigError
 from tunesmith.hf import IGNORE
 from tunesmith.train.collate import REAL_TOKENS
 from tunesmith.train.distributed import sum_over_processes
@@ -53,12 +54,12 @@ class TunesmithTrainer(Trainer):
         self.tokens = TokenCounter()
         if uses_trained_positions_loss(self.model):
             if self.compute_loss_func is not None:
-                raise ValueError("compute_loss_func replaces the loss, but the loss at trained positions runs inside "
-                                 "the model's forward; set model.loss: model to use a compute_loss_func")
+                raise ConfigError("compute_loss_func replaces the loss, but the loss at trained positions runs inside "
+                                  "the model's forward", "set model.loss: model to use a compute_loss_func")
             smoothing = base_causal_lm(self.model)._tunesmith_loss.label_smoothing
             if smoothing != self.args.label_smoothing_factor:
-                raise ValueError(f"the loss was built with label smoothing {smoothing}, "
-                                 f"training.label_smoothing_factor is {self.args.label_smoothing_factor}")
+                raise ConfigError(f"training.label_smoothing_factor is {self.args.label_smoothing_factor}, but the loss "
+                                  f"was built with label smoothing {smoothing}", "build the Trainer from the same config")
             self.label_smoother = None  # the loss component smooths; the LabelSmoother would bypass it
             # The forward takes num_items_in_batch and divides by it: scaled for accumulation already.
             self.model_accepts_loss_kwargs = True
