@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from tunesmith.train.attention import use_varlen_sdpa
 from tunesmith.train.autocast import share_norm_casts
 from tunesmith.train.collate import PadCollator
+from tunesmith.train.faults import _any_rank, local_grads_finite
 from tunesmith.train.loss import use_trained_positions_loss
 from tunesmith.train.swiglu import use_memory_saving_swiglu
 
@@ -57,13 +58,24 @@ def main() -> None:
     sgd_step(model, batch_of(mine), torch.tensor(num_items), float(world))
     full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach() for k, v in model.state_dict().items()}
 
+    # The NaN guard on sharded gradients: a NaN in one process's shard stops every process.
+    model.zero_grad(set_to_none=True)
+    model(**batch_of(mine), num_items_in_batch=torch.tensor(num_items)).loss.backward()
+    clean = local_grads_finite(model)
+    if rank == world - 1:
+        shard = next(p.grad for p in model.parameters() if p.grad is not None and p.grad.to_local().numel())
+        shard.to_local().view(-1)[0] = float("nan")
+    seen = torch.tensor([float(_any_rank(not local_grads_finite(model)))])
+    dist.all_reduce(seen)
+
     if rank == 0:
         sgd_step(reference, batch_of(rows), torch.tensor(num_items), 1.0)
         want = reference.state_dict()
         start = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
         report = {"max_diff": max((full[k] - want[k]).abs().max().item() for k in want),
                   "moved": max((want[k] - start[k]).abs().max().item() for k in want),
-                  "sharded": type(next(iter(model.parameters()))).__name__}
+                  "sharded": type(next(iter(model.parameters()))).__name__,
+                  "nan_guard": {"clean_passes": clean, "processes_that_saw_the_nan": int(seen.item())}}
         with open(result, "w") as f:
             json.dump(report, f)
     dist.barrier()  # leave together: a process tearing gloo down while the other still works can abort

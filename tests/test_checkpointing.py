@@ -120,3 +120,29 @@ def test_memory_is_given_back_around_each_layer_and_changes_nothing(tiny_llama, 
     monkeypatch.setattr(memory, "FROM_TOKENS", 41)
     loss_and_grads(released.train(), batch, autocast=True)
     assert calls == []  # nor a step shorter than FROM_TOKENS
+
+
+def test_final_folder_is_replaced_in_one_step(tmp_path, monkeypatch):
+    """Saving over an existing final/ never leaves a moment without one: the complete new folder
+    and the old one are exchanged, and only then is the old one removed."""
+    import shutil
+
+    from tunesmith import hf
+
+    target, new = tmp_path / "final", tmp_path / ".final.tmp"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    removed = []
+    real_rmtree = shutil.rmtree
+
+    def watched_rmtree(path, *args, **kwargs):
+        assert (target / "new.txt").is_file(), "final/ must hold the new folder before anything is removed"
+        removed.append(path)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(hf.shutil, "rmtree", watched_rmtree)
+    hf.replace_folder(new, target)
+    assert (target / "new.txt").read_text() == "new" and not (target / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"] and removed

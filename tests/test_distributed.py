@@ -116,6 +116,7 @@ def test_fsdp2_with_tunesmiths_forward_matches_one_process(tmp_path, tiny_llama)
     report = json.loads((tmp_path / "fsdp.json").read_text())
     assert report["sharded"] == "DTensor" and report["moved"] > 1e-3
     assert report["max_diff"] < 1e-6
+    assert report["nan_guard"] == {"clean_passes": True, "processes_that_saw_the_nan": 2}
 
 
 def test_cli_under_torchrun_writes_once_and_resumes_past_a_checkpoint_cut_short(tmp_path, tiny_llama, capsys):

@@ -39,3 +39,11 @@ def test_bad_paths_are_named_before_any_work(setup, capsys, argv, message):
     assert message.format(dir=tmp_path) in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.rglob(".tunesmith-probe-*"))
+
+
+def test_export_of_a_model_folder_into_a_new_output_dir(setup, tiny_llama):
+    """Found by tests/test_cli_property.py: export with --model before the run's output_dir existed."""
+    tmp_path, cfg = setup
+    assert main(["export", str(cfg), "--model", str(tiny_llama)]) == 0
+    assert (tmp_path / "out" / "export" / "run-f16.gguf").is_file()
+    assert not list((tmp_path / "out").glob(".export-merge-*"))

@@ -7,6 +7,7 @@ prep` and `report` import this module and should not pay for torch at start-up.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -82,7 +83,36 @@ def complete_folder(tmp: Path, target: Path, model, tokenizer, extra: dict[str, 
     generation_config(model, tokenizer).save_pretrained(tmp)
     for name, text in (extra or {}).items():
         (tmp / name).write_text(text)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    replace_folder(tmp, target)
     return target
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder `new` in place of `target`. With an old `target`, the two are
+    exchanged in one step (Linux renameat2), so a kill at any moment leaves the old folder or the
+    new one, never none; elsewhere the old one is moved aside first, a window of two renames."""
+    if not target.exists():
+        new.rename(target)
+        return
+    if not _exchange(new, target):
+        aside = target.parent / f".{target.name}.old"
+        shutil.rmtree(aside, ignore_errors=True)
+        target.rename(aside)
+        new.rename(target)
+        new = aside
+    shutil.rmtree(new)  # now the old folder
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where the system cannot (not Linux, an old kernel or libc)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

@@ -30,6 +30,7 @@ def export(cfg: Config, to: str, quant: str = "f16", model: str | None = None) -
     if not folder.is_dir():
         raise ModelError(f"nothing to export: {folder} not found", "train first (`tunesmith train CONFIG`) or pass --model FOLDER")
     target = out / "export" / f"{cfg.name}-{quant}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)  # --model may name a folder outside a run that never wrote here
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-merge-") as tmp:
         plain = merged_copy(cfg, folder, Path(tmp)) if (folder / "adapter_config.json").is_file() else folder
         tokenizer = AutoTokenizer.from_pretrained(plain)

@@ -100,12 +100,7 @@ class FaultGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if args.fp16:  # fp16's loss scaler expects overflows: it skips those steps and lowers the scale itself
             return
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        norms = torch._foreach_norm(grads)  # one pass over the gradients, like clipping
-        finite = torch.isfinite(torch.stack([n.to(norms[0].device, torch.float32) for n in norms])).all()
-        if _any_rank(not bool(finite)):
+        if _any_rank(not local_grads_finite(model)):
             step = state.global_step + 1
             model.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
             if not self.skip_nonfinite:
@@ -115,6 +110,19 @@ class FaultGuard(TrainerCallback):
                                     "lower training.learning_rate, keep training.max_grad_norm, use bf16 rather than "
                                     "fp16, check the data for extreme rows; or set model.nonfinite: skip")
             self.skipped_steps.append(step)
+
+
+def local_grads_finite(model) -> bool:
+    """Whether this process's gradients are all finite. Sharded gradients (FSDP2's DTensors) are
+    read as this process's own shard, with no collective per parameter; the caller combines the
+    processes' answers (_any_rank). ZeRO keeps gradients in its optimizer, not in .grad: there
+    nothing is read here (DeepSpeed's own overflow check covers fp16 only)."""
+    grads = [g.to_local() if hasattr(g, "to_local") else g for p in model.parameters() if (g := p.grad) is not None]
+    grads = [g for g in grads if g.numel()]
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads)  # one pass over the gradients, like clipping
+    return bool(torch.isfinite(torch.stack([n.to(norms[0].device, torch.float32) for n in norms])).all())
 
 
 def _any_rank(flag: bool) -> bool:
