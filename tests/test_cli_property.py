@@ -106,7 +106,9 @@ def test_every_command_ends_in_success_or_one_message(tmp_path_factory, model_di
     write_jsonl(tmp / "t.jsonl", [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(4)])
     (tmp / "prompts.txt").write_text("hello\n")
     command = data.draw(st.sampled_from(COMMANDS), label="command")
-    cfg: dict = {"base_model": str(model_dir), "output_dir": str(tmp / "out"), "data": {"train": {"data_files": "t.jsonl"}},
+    cfg: dict = {"base_model": str(model_dir), "output_dir": str(tmp / "out"),
+                 "data": {"train": {"data_files": "t.jsonl"}, "max_length": 64},
+                 "model": {"method": data.draw(st.sampled_from(["full", "lora"]), label="method")},
                  "training": {"max_steps": 1, "logging_steps": 1, "save_steps": 1000, "report_to": "none"}}
     for key in data.draw(st.lists(st.sampled_from(KEYS), max_size=3, unique=True), label="keys"):
         own = typed(TYPES[key])  # mostly values of the key's own type, so runs get past validation
@@ -126,6 +128,8 @@ def test_every_command_ends_in_success_or_one_message(tmp_path_factory, model_di
         argv += ["--max-new-tokens", "2"]
     if command == "report" and data.draw(st.booleans(), label="--out"):
         argv += ["--out", data.draw(paths(tmp))]
+    if command in ("train", "merge", "export", "report") and data.draw(st.booleans(), label="prepared first"):
+        main(["prep" if command == "train" else "run", str(tmp / "c.yaml")])  # so the command gets past "not found"
     stdin, sys.stdin = sys.stdin, io.StringIO("hi\n")
     try:
         code = main(argv)  # anything but a TunesmithError propagates and fails the test

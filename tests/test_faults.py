@@ -323,3 +323,18 @@ def test_a_failed_upload_is_one_message_and_the_run_is_kept(tmp_path):
         upload(out, [f"file://{blocker}/run"])
     assert "model.upload_to" in str(failed.value) and f"complete in {out}" in str(failed.value)
     assert (out / "final" / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_optimizer_settings_the_trainer_refuses_are_named(tmp_path, tiny_llama, capsys):
+    """Found by tests/test_cli_property.py: optim_args the Trainer cannot parse ended in a traceback."""
+    from helpers import write_config, write_jsonl
+    from tunesmith.cli import main
+
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "response": "b"}])
+    cfg = write_config(tmp_path / "c.yaml", {"base_model": str(tiny_llama), "output_dir": str(tmp_path / "out"),
+                                            "data": {"train": {"data_files": "t.jsonl"}, "max_length": 64},
+                                            "training": {"max_steps": 1, "optim_args": "0", "report_to": "none"}})
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "the Trainer refused the training settings while building the optimizer and schedule: ValueError" in err
+    assert "training.optim_args" in err and "Traceback" not in err

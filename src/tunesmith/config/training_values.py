@@ -21,7 +21,8 @@ AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gr
 NOT_NEGATIVE = ("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "num_train_epochs", "seed",
                 "dataloader_num_workers", "save_total_limit", "label_smoothing_factor")
 POSITIVE = ("adam_epsilon", "logging_steps", "save_steps", "eval_steps")
-UNIT_INTERVAL = ("adam_beta1", "adam_beta2", "label_smoothing_factor", "warmup_ratio")
+UNIT_INTERVAL = ("label_smoothing_factor", "warmup_ratio")
+BETAS = ("adam_beta1", "adam_beta2")  # torch's Adam: 0 <= beta < 1
 
 
 @functools.cache
@@ -35,10 +36,15 @@ def check_training_values(training: dict, names: dict[str, str] | None = None) -
     notes, problems = [], []
     hints = field_types()
     for key, value in list(training.items()):
-        if key not in hints or value is None:
+        if key not in hints:
             continue
         where = f"training.{key}"
         kinds = _kinds(hints[key])
+        if value is None:
+            if type(None) not in kinds:
+                problems.append(f"  {where}: must be {_describe([k for k in kinds if isinstance(k, type)])}, got null "
+                                "(remove the key for the default)")
+            continue
         converted, problem = _convert(value, kinds)
         if problem:
             problems.append(f"  {where}: {problem}, got {value!r} ({type(value).__name__})")
@@ -97,6 +103,11 @@ def _convert(value, kinds: list) -> tuple[object, str]:
 
 
 def _describe(names: list) -> str:
+    enums = [k for k in names if issubclass(k, enum.Enum)]
+    if enums:
+        return "one of " + ", ".join(str(m.value) for e in enums for m in e)
+    if names == [bool]:
+        return "true or false"
     if int in names and float not in names:
         return "a whole number"
     if float in names or int in names:
@@ -111,6 +122,8 @@ def _range_problems(key: str, value) -> list[str]:
         return [f"must be at least 1, got {value}"]
     if key in POSITIVE and value <= 0:
         return [f"must be above 0, got {value}"]
+    if key in BETAS and not 0 <= value < 1:
+        return [f"must be at least 0 and below 1, got {value}"]
     if key in UNIT_INTERVAL and not 0 <= value <= 1:
         return [f"must be between 0 and 1, got {value}"]
     if key in NOT_NEGATIVE and value < 0:

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sys
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from tunesmith.config.training_keys import checkpointing_requested
-from tunesmith.errors import ModelError, OutputError, TunesmithError
+from tunesmith.errors import ConfigError, ModelError, OutputError, TunesmithError
 from tunesmith.train.checkpoints import MARKER, latest_complete_checkpoint
 from tunesmith.train.distributed import sum_over_processes
 from tunesmith.translate_errors import write_oserror
@@ -150,10 +151,31 @@ def translated_faults(cfg, args, out: Path, guard: FaultGuard | None = None):
             raise out_of_memory_error(e, cfg, args) from e
         if (oserror := write_oserror(e)) is not None:
             raise write_error(oserror, out) from e
+        if (refused := settings_refused(e, cfg)) is not None:
+            raise refused from e
         raise
     finally:
         if guard is not None:
             guard.restore_signals()
+
+
+# Where the Trainer turns `training:` values into an optimizer and a schedule, before the first step.
+SETUP_FUNCTIONS = {"create_optimizer", "create_scheduler", "create_optimizer_and_scheduler", "get_optimizer_cls_and_kwargs",
+                   "get_scheduler", "_prepare_for_training"}
+
+
+def settings_refused(e: BaseException, cfg) -> ConfigError | None:
+    """A ValueError or TypeError raised while the Trainer builds its optimizer or schedule from the
+    `training:` values (`optim_args` it cannot parse, an optimizer's own range checks): the values'
+    fault, named as such. None for anything else."""
+    if not isinstance(e, (ValueError, TypeError)):
+        return None
+    if not {f.name for f in traceback.extract_tb(e.__traceback__)} & SETUP_FUNCTIONS:
+        return None
+    keys = ", ".join(f"training.{k}" for k in cfg.training) or "none"
+    return ConfigError(f"the Trainer refused the training settings while building the optimizer and schedule: "
+                       f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                       f"check the values of the training keys you set ({keys})")
 
 
 def out_of_memory_error(e: BaseException, cfg, args) -> ModelError:
