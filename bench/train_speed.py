@@ -38,6 +38,8 @@ from pathlib import Path
 
 DOLLY = Path(__file__).resolve().parent / "data" / "dolly_hhrlhf" / "train.jsonl"  # shipped copy, see its PROVENANCE.md
 CONFIGS = ["tunesmith default", "tunesmith packed", "trl padded", "trl packed"]
+# On a CUDA GPU TRL's fastest setting adds Liger's kernels to its padding-free packing.
+LIGER = "trl packed liger"
 AS_SHIPPED = "trl as shipped"
 LR = 1e-4
 
@@ -67,7 +69,7 @@ def held_out_rows() -> list[dict]:
 # ---- worker: one configuration, in its own process ----------------------------------------------
 
 def worker(name: str, model_dir: str, data: str, eval_data: str, max_length: int, batch: int, bf16: bool,
-           out: str) -> None:
+           out: str, method: str = "full") -> None:
     """One configuration. Under torchrun (`... x2` configurations) every process runs this with
     the per-process share of the batch; the main process reports (peak RSS: the largest process's)."""
     import torch
@@ -77,17 +79,21 @@ def worker(name: str, model_dir: str, data: str, eval_data: str, max_length: int
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     batch //= processes
     if name.startswith("tunesmith"):
-        result = run_tunesmith(name, model_dir, data, max_length, batch, bf16, work)
+        result = run_tunesmith(name, model_dir, data, max_length, batch, bf16, work, method)
     else:
-        result, model = run_trl(name, model_dir, data, max_length, batch, bf16, work)
+        result, model = run_trl(name, model_dir, data, max_length, batch, bf16, work, method)
     result["peak_rss_mb"] = max(gathered(peak_rss_mb()))  # training's peak, before the eval step below
+    result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    if name.startswith("tunesmith"):
-        from transformers import AutoModelForCausalLM
+    if method != "full":  # an adapter (quantized base for qlora): the eval loss is not compared
+        result["eval_loss"] = float("nan")
+    else:
+        if name.startswith("tunesmith"):
+            from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(work / "final")
-    result["eval_loss"] = eval_loss(model, model_dir, eval_data, max_length)
+            model = AutoModelForCausalLM.from_pretrained(work / "final")
+        result["eval_loss"] = eval_loss(model, model_dir, eval_data, max_length)
     result["processes"] = processes
     Path(out).write_text(json.dumps(result))
 
@@ -107,7 +113,8 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: int, bf16: bool, work: Path) -> dict:
+def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: int, bf16: bool, work: Path,
+                  method: str = "full") -> dict:
     from tunesmith.config.load import validate
     from tunesmith.data.prepare import prepare
     from tunesmith.train import distributed
@@ -116,6 +123,7 @@ def run_tunesmith(name: str, model_dir: str, data: str, max_length: int, batch: 
     cfg = validate({"base_model": model_dir, "output_dir": str(work),
                     "data": {"train": {"data_files": data}, "max_length": max_length, "overlength": "truncate",
                              "packing": name.endswith("packed")},
+                    "model": {"method": method},
                     "training": {"per_device_train_batch_size": batch, "num_train_epochs": 1, "learning_rate": LR,
                                  "bf16": bf16, "logging_steps": 1000, "save_strategy": "no", "disable_tqdm": True}})
     distributed.init_process_group()
@@ -143,7 +151,8 @@ class CountingCollator:
         return batch
 
 
-def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, bf16: bool, work: Path):
+def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, bf16: bool, work: Path,
+            method: str = "full"):
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -151,8 +160,20 @@ def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, b
 
     ds = load_dataset("json", data_files=data, split="train").rename_column("response", "completion")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    packed = name.endswith("packed")
+    quantized = {}
+    if method == "qlora":  # the QLoRA recipe: 4-bit NF4 base, bf16 compute, LoRA on every linear layer
+        from transformers import BitsAndBytesConfig
+
+        quantized = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                               bnb_4bit_compute_dtype=torch.bfloat16,
+                                                               bnb_4bit_use_double_quant=True)}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **quantized)
+    peft_config = None
+    if method != "full":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    packed = "packed" in name
     # Fastest for the hardware: native precision, no activation recomputation. Packing "bfd" (the
     # default strategy) makes TRL's collator padding-free. As shipped: SFTConfig's own defaults
     # (bf16=True, gradient_checkpointing=True).
@@ -160,8 +181,8 @@ def run_trl(name: str, model_dir: str, data: str, max_length: int, batch: int, b
     args = SFTConfig(output_dir=str(work), max_length=max_length, per_device_train_batch_size=batch, num_train_epochs=1,
                      learning_rate=LR, logging_steps=1000, save_strategy="no", report_to="none", disable_tqdm=True,
                      use_cpu=not torch.cuda.is_available(), completion_only_loss=True, packing=packed, seed=42,
-                     **fastest)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+                     use_liger_kernel=name == LIGER, **fastest)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     result = trainer.train()
@@ -246,17 +267,41 @@ def watched(cmd: list[str], cap_mb: float, limit_s: float, env: dict | None = No
     return outcome, seen, tail
 
 
-def build_models(folder: Path, which: list[str]) -> dict[str, str]:
+# Random-init models of real shapes, for a GPU: Llama-3.2-1B's, and a slice of Llama-3.1-8B's
+# (its widths, 4 of its 32 layers: a 4-bit 8B base would take minutes to write and read back).
+SHAPES = {"llama1b": ("Llama-3.2-1B shape (16x2048)", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                                              num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True)),
+          "llama8b-slice": ("Llama-3.1-8B widths, 4 of 32 layers", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=4,
+                                                                          num_attention_heads=32, num_key_value_heads=8,
+                                                                          tie_word_embeddings=False))}
+
+
+def build_models(folder: Path, which: list[str], tokenizer: str | None = None) -> dict[str, str]:
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from tunesmith.demo_model import demo_model_path
     from tunesmith.hf import load_tokenizer
-    from tunesmith.modelref import dequantized_copy
 
-    gguf = demo_model_path()
-    tok = load_tokenizer(str(gguf))
+    if tokenizer:  # a saved tokenizer folder (the GPU machine cannot fetch the demo model)
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    else:
+        from tunesmith.demo_model import demo_model_path
+
+        gguf = demo_model_path()
+        tok = load_tokenizer(str(gguf))
     models = {}
+    for key, (label, shape) in SHAPES.items():
+        if key in which:
+            torch.manual_seed(0)
+            cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, rope_theta=500000.0,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id, **shape)
+            with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+                model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+            model.save_pretrained(folder / key)
+            tok.save_pretrained(folder / key)
+            models[label] = str(folder / key)
+            del model
     if "tiny" in which:
         torch.manual_seed(0)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
@@ -267,6 +312,10 @@ def build_models(folder: Path, which: list[str]) -> dict[str, str]:
         tok.save_pretrained(folder / "tiny")
         models["tiny Llama (4x512)"] = str(folder / "tiny")
     if "smollm2" in which:
+        from tunesmith.demo_model import demo_model_path
+        from tunesmith.modelref import dequantized_copy
+
+        gguf = demo_model_path()
         raw = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         dequantized_copy(raw, torch.float32).save_pretrained(folder / "smollm2")
         tok.save_pretrained(folder / "smollm2")
@@ -284,25 +333,28 @@ def params_of(model_dir: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
+    ap.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2", *SHAPES])
+    ap.add_argument("--tokenizer", help="a saved tokenizer folder (default: the demo model's, fetched once)")
+    ap.add_argument("--method", default="full", choices=["full", "lora", "qlora"], help="for both sides")
+    ap.add_argument("--json", help="also write the results here (bench/gpu/run.sh collects them)")
     ap.add_argument("--examples", type=int, default=2000, help="training examples for the tiny model")
     ap.add_argument("--smol-examples", type=int, default=96, help="training examples for SmolLM2 (CPU: slow)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precision", default="native", choices=["native", "fp32", "bf16"],
                     help="native: bf16 where the hardware has it, else fp32 (both sides)")
-    ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS, help="a subset of the configurations")
+    ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=[*CONFIGS, LIGER], help="a subset of the configurations")
     ap.add_argument("--trl-as-shipped", action="store_true", help="also run TRL with SFTConfig's defaults")
     ap.add_argument("--limit-min", type=float, default=20.0, help="time cap per configuration")
     ap.add_argument("--cap-gb", type=float, default=14.0, help="RSS cap per configuration (shared machines)")
     ap.add_argument("--processes", type=int, default=1,
                     help="also run tunesmith default and TRL padded on torchrun with this many processes "
                          "(same global batch, the cores shared out)")
-    ap.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=9, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        name, model_dir, data, eval_data, max_length, batch, bf16, out = args.worker
-        worker(name, model_dir, data, eval_data, int(max_length), int(batch), bf16 == "1", out)
+        name, model_dir, data, eval_data, max_length, batch, bf16, out, method = args.worker
+        worker(name, model_dir, data, eval_data, int(max_length), int(batch), bf16 == "1", out, method)
         return
 
     bf16 = native_bf16() if args.precision == "native" else args.precision == "bf16"
@@ -316,11 +368,12 @@ def main() -> None:
           "measured matmul peak: " + ", ".join(f"{d} {v:.2f} TFLOP/s" for d, v in peak.items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        models = build_models(tmp, args.models)
+        models = build_models(tmp, args.models, args.tokenizer)
+        collected = {}
         eval_rows = tmp / "eval.jsonl"
         eval_rows.write_text("".join(json.dumps(r) + "\n" for r in held_out_rows()))  # never trained on
         for label, model_dir in models.items():
-            n = args.examples if "tiny" in label else args.smol_examples
+            n = args.smol_examples if "SmolLM2" in label else args.examples
             data = tmp / f"train_{n}.jsonl"
             data.write_text("".join(json.dumps(r) + "\n" for r in make_rows(n)))
             results = {}
@@ -328,7 +381,7 @@ def main() -> None:
             for name in args.configs + ([AS_SHIPPED] if args.trl_as_shipped else []) + many:
                 out = tmp / f"{label[:4]}_{name.replace(' ', '_')}.json"
                 cmd = [sys.executable, __file__, "--worker", name, model_dir, str(data), str(eval_rows),
-                       str(args.max_length), str(args.batch), "1" if bf16 else "0", str(out)]
+                       str(args.max_length), str(args.batch), "1" if bf16 else "0", str(out), args.method]
                 env = dict(os.environ)
                 if name in many:
                     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
@@ -342,6 +395,9 @@ def main() -> None:
                     continue
                 results[name] = json.loads(out.read_text())
             report(label, n, args, results, params_of(model_dir), peak)
+            collected[label] = {"examples": n, "params": params_of(model_dir), "peak_tflops": peak, "results": results}
+        if args.json:
+            Path(args.json).write_text(json.dumps(collected, indent=2))
     print("\nreproduce: .venv/bin/python bench/train_speed.py " + shlex.join(sys.argv[1:]))
 
 
@@ -349,7 +405,7 @@ def report(label: str, n: int, args, results: dict, params: int, peak: dict) -> 
     many = f" x{args.processes}"
     print(f"\n{label}: {params / 1e6:.1f}M params, {n:,} dolly examples, max_length {args.max_length}, batch {args.batch}")
     print(f"{'':20} {'precision':>9} {'ckpt':>5} {'trained tok/s':>14} {'non-pad tok/s':>14} {'peak RSS MB':>12} "
-          f"{'eval loss':>10} {'MFU':>7}")
+          f"{'peak GPU MB':>12} {'eval loss':>10} {'MFU':>7}")
     rows = {}
     for name, r in results.items():
         if "outcome" in r:
@@ -358,11 +414,14 @@ def report(label: str, n: int, args, results: dict, params: int, peak: dict) -> 
         seconds = r["train_seconds"]
         rows[name] = {"trained": r["trained_tokens"] / seconds, "tokens": r["tokens"] / seconds}
         p = peak.get("bfloat16" if r["bf16"] else "float32")
-        mfu = f"{6 * params * rows[name]['tokens'] / (p * 1e12):7.1%}" if p else f"{'-':>7}"  # none: emulated
+        # 6N FLOPs a token for full fine-tuning; 4N with a frozen base (no weight gradients but the adapter's)
+        flops = (6 if args.method == "full" else 4) * params
+        mfu = f"{flops * rows[name]['tokens'] / (p * 1e12):7.1%}" if p else f"{'-':>7}"  # none: emulated
         print(f"{name:20} {'bf16' if r['bf16'] else 'fp32':>9} {'on' if r['checkpointing'] else 'off':>5} "
               f"{rows[name]['trained']:14,.0f} {rows[name]['tokens']:14,.0f} {r['peak_rss_mb']:12,.0f} "
-              f"{r['eval_loss']:10.4f} {mfu}  ({seconds:.1f}s)")
-    trl = [t for t in ("trl padded", "trl packed") if t in rows]
+              f"{r.get('peak_gpu_mb') or '-':>12} {r['eval_loss']:10.4f} {mfu}  ({seconds:.1f}s)")
+    trl = [t for t in ("trl padded", "trl packed", LIGER) if t in rows]
+    memory = "peak_gpu_mb" if all(r.get("peak_gpu_mb") for r in results.values() if "outcome" not in r) else "peak_rss_mb"
     if trl:
         best = max(trl, key=lambda t: rows[t]["trained"])
         # Eval loss and memory against the TRL run that takes the same kind of steps (packed rows
@@ -370,9 +429,11 @@ def report(label: str, n: int, args, results: dict, params: int, peak: dict) -> 
         for name, peer in (("tunesmith default", "trl padded"), ("tunesmith packed", "trl packed")):
             if name in rows and peer in rows:
                 print(f"{name}: trained tok/s {rows[name]['trained'] / rows[best]['trained']:.2f}x TRL's fastest "
-                      f"({best}), {rows[name]['trained'] / rows[peer]['trained']:.2f}x {peer}; eval loss "
-                      f"{results[name]['eval_loss'] / results[peer]['eval_loss'] - 1:+.1%} vs {peer}; peak RSS "
-                      f"{results[name]['peak_rss_mb'] / results[peer]['peak_rss_mb']:.2f}x {peer}")
+                      f"({best}), {rows[name]['trained'] / rows[peer]['trained']:.2f}x {peer}; "
+                      + (f"eval loss {results[name]['eval_loss'] / results[peer]['eval_loss'] - 1:+.1%} vs {peer}; "
+                         if args.method == "full" else "") + f"{memory} "
+                      f"{results[name][memory] / results[peer][memory]:.2f}x {peer}"
+                      + (f", {results[name][memory] / results[best][memory]:.2f}x {best}" if best != peer else ""))
         if AS_SHIPPED in rows and "tunesmith default" in rows:
             print(f"tunesmith default: {rows['tunesmith default']['trained'] / rows[AS_SHIPPED]['trained']:.2f}x "
                   f"TRL as shipped")

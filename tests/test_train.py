@@ -320,3 +320,19 @@ def test_length_column_for_grouped_sampling():
     ds = Dataset.from_dict({"input_ids": [[1, 2, 3], [4]], "labels": [[1, 2, 3], [4]], "full_text": ["a", "b"]})
     assert training_columns(ds)["input_ids"] == [[1, 2, 3], [4]] and "length" not in training_columns(ds).column_names
     assert training_columns(ds, "group_by_length")["length"] == [3, 1]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_bf16_weights_train_save_and_merge_on_a_cpu(tmp_path, tiny_llama, method):
+    """bf16 *weights* (model.dtype), not only autocast, through training, saving and merging: the
+    path a GPU run takes, checked here on the CPU."""
+    cfg = setup_run(tmp_path, tiny_llama, model={"dtype": "bfloat16", "method": method, "merge": method == "lora"},
+                    training={"max_steps": 12, "logging_steps": 4, "learning_rate": 1e-2})
+    assert main(["run", str(cfg)]) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_loss"] < summary["first_loss"]
+    folder = out / ("merged" if method == "lora" else "final")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
