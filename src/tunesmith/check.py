@@ -154,7 +154,7 @@ def estimate(cfg: Config, model_config, train: dict) -> dict:
         rows = kept
     steps = math.ceil(rows / batch)
     params = count_parameters(model_config)
-    full = cfg.model.method == "full"
+    full = not cfg.model.trains_adapter
     weight_bytes = {"qlora": 0.55, "lora": 2 if torch.cuda.is_available() else 4}.get(cfg.model.method, 4)
     state = params * (weight_bytes + (12 if full else 0))  # fp32 grads + Adam's two moments for full fine-tuning
     hidden = getattr(model_config, "hidden_size", 0) or 0

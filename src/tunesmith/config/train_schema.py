@@ -83,3 +83,8 @@ class ModelConfig(_Strict):
     speedups: SpeedupsConfig = Field(default_factory=SpeedupsConfig,
                                      description="switch tunesmith's speed-ups off one by one (auto or off each)")
     upload_to: list[str] = Field(default_factory=list, description="fsspec URLs to copy the output folder to when training ends")
+
+    @property
+    def trains_adapter(self) -> bool:
+        """The one place that says whether a run trains an adapter (LoRA or QLoRA) or every weight."""
+        return self.method in ("lora", "qlora")

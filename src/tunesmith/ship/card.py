@@ -178,7 +178,7 @@ def training_section(cfg: Config, s: dict) -> str:
             ("steps run", s.get("steps")), ("trained tokens", s.get("trained_tokens")),
             ("train time (s)", s.get("train_seconds")), ("tokens/s", s.get("tokens_per_second")),
             ("bf16", s.get("bf16")), ("attention", s.get("attention")), ("batching", s.get("batching"))]
-    if cfg.model.method in ("lora", "qlora"):
+    if cfg.model.trains_adapter:
         lora = cfg.model.lora
         rows.insert(1, ("LoRA r / alpha / dropout", f"{lora.r} / {lora.alpha} / {lora.dropout}"))
     shown = [(k, v) for k, v in rows if v is not None]

@@ -54,7 +54,7 @@ def training_arguments(cfg: Config, has_eval: bool) -> TrainingArguments:
     check_training_keys(cfg.training)  # config/training_keys.py
     # YAML reads a bare `no` as false: `eval_strategy: no` must still mean "no".
     user = {k: ("no" if v is False else v) if k.endswith("_strategy") else v for k, v in cfg.training.items()}
-    lora = cfg.model.method in ("lora", "qlora")
+    lora = cfg.model.trains_adapter
     defaults = dict(
         per_device_train_batch_size=8, per_device_eval_batch_size=8, num_train_epochs=1,
         learning_rate=2e-4 if lora else 2e-5, warmup_steps=0, logging_steps=10,

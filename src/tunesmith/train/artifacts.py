@@ -28,7 +28,7 @@ def save_final(trainer, tokenizer, out: Path, cfg: Config) -> Path:
     trainer.save_model(str(tmp))
     if is_main_process():
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of every training setting, tokens included
-        extra = {"tunesmith_base_model.txt": cfg.base_model + "\n"} if cfg.model.method in ("lora", "qlora") else {}
+        extra = {"tunesmith_base_model.txt": cfg.base_model + "\n"} if cfg.model.trains_adapter else {}
         complete_folder(tmp, target, trainer.model, tokenizer, {**extra, **model_files(cfg)})
     barrier()
     return target

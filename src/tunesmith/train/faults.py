@@ -186,7 +186,7 @@ def out_of_memory_error(e: BaseException, cfg, args) -> ModelError:
              f"data.max_length: {cfg.data.max_length} (shorter rows; then prep again)"]
     if not checkpointing_requested(t):
         knobs.append("training.activation_checkpointing: true (recompute activations)")
-    if cfg.model.method == "full":
+    if not cfg.model.trains_adapter:
         knobs.append("model.method: lora (or qlora on a CUDA GPU): no optimizer state for the base weights")
     if cfg.data.packing:
         knobs.append("data.packing: false (rows of max_length tokens each)")

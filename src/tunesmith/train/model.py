@@ -39,7 +39,7 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
     except Exception as e:  # missing/corrupt weights, unknown model type, no flash-attn, ...
         raise model_load_error(e, cfg.base_model, str(path)) from e
     model.config.pad_token_id = tokenizer.pad_token_id
-    if m.method in ("lora", "qlora"):
+    if m.trains_adapter:
         model = add_lora(model, cfg)
     return model
 

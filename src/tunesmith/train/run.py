@@ -99,7 +99,7 @@ def train(cfg: Config) -> dict:
     prepare_for_saving(trainer.model)
     with translated_faults(cfg, args, out):
         final = artifacts.save_final(trainer, tokenizer, out, cfg)
-        merged = artifacts.save_merged(trainer, tokenizer, out, cfg) if cfg.model.merge and cfg.model.method != "full" else None
+        merged = artifacts.save_merged(trainer, tokenizer, out, cfg) if cfg.model.merge and cfg.model.trains_adapter else None
     losses = [r["loss"] for r in metrics.records if "loss" in r]
     seconds = time.perf_counter() - start
     runtime = max(result.metrics.get("train_runtime", 0.0), 1e-9)
