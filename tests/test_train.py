@@ -164,10 +164,36 @@ def test_unknown_training_key_fails_before_any_work(tmp_path, tiny_llama, capsys
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
-def test_qlora_on_cpu_is_a_clear_error(tmp_path, tiny_llama, capsys):
-    cfg_path = setup_run(tmp_path, tiny_llama, model={"method": "qlora"})
-    assert main(["run", str(cfg_path)]) == 2
-    assert "qlora needs a CUDA GPU" in capsys.readouterr().err
+def test_qlora_trains_saves_merges_and_loads_on_a_cpu(tmp_path, tiny_llama):
+    """bitsandbytes 0.50 runs 4-bit NF4 layers on a CPU: QLoRA's whole path runs here, not only on a GPU."""
+    pytest.importorskip("bitsandbytes")
+    from tunesmith.train.model import cpu_4bit_runs
+
+    if not cpu_4bit_runs():
+        pytest.skip("this bitsandbytes has no 4-bit kernels for this CPU")
+    cfg_path = setup_run(tmp_path, tiny_llama, model={"method": "qlora", "merge": True},
+                         training={"max_steps": 20, "logging_steps": 5, "learning_rate": 1e-2})
+    assert main(["run", str(cfg_path)]) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_loss"] < summary["first_loss"]
+    assert (out / "final" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")  # the adapter in a full-precision base, not 4-bit
+    assert type(merged.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    assert torch.isfinite(merged(torch.tensor([[1, 5, 9]])).logits).all()
+
+
+def test_qlora_without_kernels_for_the_machine_is_a_clear_error(tmp_path, tiny_llama, capsys, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    from tunesmith.train import model
+
+    monkeypatch.setattr(model.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(model, "cpu_4bit_runs", lambda: False)
+    assert main(["run", str(setup_run(tmp_path, tiny_llama, model={"method": "qlora"}))]) == 2
+    assert "has no 4-bit kernels for this CPU and there is no CUDA GPU" in capsys.readouterr().err
+    assert main(["run", str(setup_run(tmp_path / "b", tiny_llama, model={"method": "qlora", "quantization_bits": 8}))]) == 2
+    assert "model.quantization_bits 8 needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_seed_style_configs_run_unchanged(tmp_path, tiny_llama):

@@ -61,14 +61,15 @@ class ModelConfig(_Strict):
     """Which method trains the model, and how its weights are loaded."""
 
     method: Literal["full", "lora", "qlora"] = Field(
-        "full", description="full: every weight; lora: a LoRA adapter (peft); qlora: LoRA on a 4- or 8-bit base (bitsandbytes, CUDA only)")
+        "full", description="full: every weight; lora: a LoRA adapter (peft); qlora: LoRA on a 4- or 8-bit base "
+                "(bitsandbytes; 4-bit also on a CPU where bitsandbytes has CPU kernels, 0.50 does)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights' dtype; auto: bf16 on a GPU that has it (else fp16), fp32 on a CPU (bf16 autocast where the CPU has it)")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
         "auto", description="auto: flash_attention_2 on a CUDA GPU when flash-attn is installed, else sdpa")
     trust_remote_code: bool = Field(False, description="run Python code shipped with the model (its folder or Hub repo): only for code you trust")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="the adapter, for lora and qlora")
-    quantization_bits: Literal[4, 8] = Field(4, description="QLoRA: load the base model in 4 or 8 bits (CUDA only)")
+    quantization_bits: Literal[4, 8] = Field(4, description="QLoRA: load the base model in 4 or 8 bits (8: CUDA only)")
     merge: bool = Field(False, description="LoRA: also write merged/ (adapter folded into the base weights)")
     resume: Literal["auto", "never"] | str = Field(
         "never", description="never; auto: continue from the newest complete checkpoint (one cut short is skipped); or a checkpoint folder")

@@ -36,9 +36,11 @@ def save_final(trainer, tokenizer, out: Path, cfg: Config) -> Path:
 
 def save_merged(trainer, tokenizer, out: Path, cfg: Config) -> Path:
     """LoRA folded into the base weights: a plain model folder. Under several processes the
-    weights in memory may be shards, so the main process merges the saved adapter instead."""
+    weights in memory may be shards, and under QLoRA a 4-bit base (merging into it would round the
+    adapter into 4 bits and save a quantized model), so the main process merges the saved adapter
+    into the base loaded at full precision instead."""
     target = out / "merged"
-    if not is_distributed():
+    if not is_distributed() and cfg.model.method != "qlora":
         return save_folder(trainer.model.merge_and_unload(), tokenizer, target, model_files(cfg))
     if is_main_process():
         from tunesmith.infer.merge import merge

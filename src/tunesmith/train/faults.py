@@ -187,7 +187,7 @@ def out_of_memory_error(e: BaseException, cfg, args) -> ModelError:
     if not checkpointing_requested(t):
         knobs.append("training.activation_checkpointing: true (recompute activations)")
     if not cfg.model.trains_adapter:
-        knobs.append("model.method: lora (or qlora on a CUDA GPU): no optimizer state for the base weights")
+        knobs.append("model.method: lora (or qlora): no optimizer state for the base weights")
     if cfg.data.packing:
         knobs.append("data.packing: false (rows of max_length tokens each)")
     where = "GPU memory" if isinstance(e, torch.OutOfMemoryError) else "memory"

@@ -33,7 +33,8 @@ def load_model(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> PreTrainedMod
                   trust_remote_code=m.trust_remote_code)
     if m.method == "qlora":
         kwargs["quantization_config"] = _bnb_config(m.quantization_bits, kwargs["dtype"])
-        kwargs["device_map"] = {"": local_rank()}  # each process's copy on its own GPU
+        # each process's copy on its own GPU; on a CPU, bitsandbytes' CPU kernels (checked in _bnb_config)
+        kwargs["device_map"] = {"": local_rank() if torch.cuda.is_available() else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # missing/corrupt weights, unknown model type, no flash-attn, ...
@@ -56,19 +57,39 @@ def decoder_layers(model) -> list:
 
 
 def _bnb_config(bits: int, compute_dtype: torch.dtype):
-    if not torch.cuda.is_available():
-        raise ModelError("model.method qlora needs a CUDA GPU (bitsandbytes 4/8-bit kernels); none is available",
-                         "use model.method: lora on this machine, or run on a GPU")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ModelError("model.method qlora needs the bitsandbytes package", "pip install bitsandbytes") from None
+    if not torch.cuda.is_available():
+        if bits == 8:
+            raise ModelError("model.quantization_bits 8 needs a CUDA GPU (bitsandbytes' 8-bit kernels); none is available",
+                             "use model.quantization_bits: 4 on a CPU, model.method: lora, or a GPU")
+        if not cpu_4bit_runs():
+            raise ModelError(f"model.method qlora: bitsandbytes {bitsandbytes.__version__} has no 4-bit kernels for this CPU "
+                             "and there is no CUDA GPU", "use model.method: lora on this machine, a newer bitsandbytes, or a GPU")
     from transformers import BitsAndBytesConfig
 
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
+
+
+def cpu_4bit_runs() -> bool:
+    """Whether this bitsandbytes runs a 4-bit NF4 layer forward and backward on the CPU (0.50 does;
+    older releases were CUDA only), tried on a tiny layer rather than read from a version list."""
+    import bitsandbytes as bnb
+
+    try:
+        layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+        layer.load_state_dict({"weight": torch.randn(64, 64)})
+        layer = layer.to("cpu")
+        x = torch.randn(2, 64, requires_grad=True)
+        layer(x).sum().backward()
+        return bool(torch.isfinite(x.grad).all())
+    except Exception:  # noqa: BLE001 - any failure means: not on this CPU
+        return False
 
 
 def lora_targets(model: PreTrainedModel) -> list[str]:
