@@ -276,3 +276,48 @@ def test_gguf_round_trip_on_the_demo_model(tmp_path):
         assert torch.allclose(got, rounded, atol=1e-3)
         assert err < tolerance and torch.equal(got.argmax(-1), want.argmax(-1))
         path.unlink()
+
+
+def tiny_qwen(tmp_path, tok_dir, family: str, head_dim: int | None = None) -> Path:
+    import transformers
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    config_class = {"qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
+    extra = {"head_dim": head_dim} if head_dim else {}
+    config = config_class(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # random biases and norms, so a tensor written in the wrong place shows
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "norm.weight")):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("norm.weight") else 0.0))
+    model.save_pretrained(tmp_path / family)
+    tok.save_pretrained(tmp_path / family)
+    return tmp_path / family
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_gguf_round_trip_of_the_qwen_family(tmp_path, tok_dir, family):
+    """Qwen2 (q/k/v biases) and Qwen3 (q/k norms): the GGUF file reads back through transformers' own
+    GGUF loader to the same logits (f16 rounding only), biases and norms random so a misplaced one shows."""
+    tiny_qwen(tmp_path, tok_dir, family)
+    gguf_path = export_gguf(tmp_path / family, tmp_path / f"{family}.gguf", "f16")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf_path.name, dtype=torch.float32)
+    assert loaded.config.model_type == family
+    with torch.no_grad():
+        got, rounded = loaded(IDS).logits, rounded_like_gguf(tmp_path / family, "f16")(IDS).logits
+    assert torch.allclose(got, rounded, atol=1e-4), (got - rounded).abs().max()
+
+
+def test_qwen3_heads_wider_than_hidden_over_heads_are_written(tmp_path, tok_dir):
+    """Qwen3's head_dim (128 in the real models, wider than hidden/heads) goes into the metadata as
+    key and value length, which llama.cpp reads; transformers' GGUF loader does not read it back
+    (it assumes hidden/heads), so this is checked in the file itself."""
+    from gguf import GGUFReader
+
+    folder = tiny_qwen(tmp_path, tok_dir, "qwen3", head_dim=32)
+    fields = GGUFReader(export_gguf(folder, tmp_path / "q3.gguf", "f16")).fields
+    assert fields["qwen3.attention.key_length"].contents() == 32 and fields["qwen3.attention.value_length"].contents() == 32
+    assert fields["qwen3.rope.dimension_count"].contents() == 32

@@ -17,8 +17,9 @@ import numpy as np
 
 from tunesmith.errors import ModelError
 
-# model_type -> (gguf architecture, Q/K rows permuted to llama.cpp's rotary layout)
-ARCHITECTURES = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True)}
+# model_type -> (gguf architecture, Q/K rows permuted to llama.cpp's rotary layout). Qwen2 (q/k/v
+# biases) and Qwen3 (q/k norms, an explicit head_dim) rotate halves (NeoX style), as HF stores them.
+ARCHITECTURES = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True), "qwen2": ("QWEN2", False), "qwen3": ("QWEN3", False)}
 QUANTS = ("f16", "q8_0")
 Q8_BLOCK = 32  # q8_0 quantizes rows in blocks of 32 values
 
@@ -63,7 +64,7 @@ def export_gguf(folder: str | Path, target: str | Path, quant: str = "f16", name
 def architecture_of(config) -> tuple[str, bool]:
     if config.model_type not in ARCHITECTURES:
         raise ModelError(f"GGUF export does not map the {config.model_type!r} architecture yet",
-                         f"supported: {', '.join(sorted(ARCHITECTURES))} (the Llama family); "
+                         f"supported: {', '.join(sorted(ARCHITECTURES))}; "
                          "use llama.cpp's convert_hf_to_gguf.py on merged/ for other models")
     return ARCHITECTURES[config.model_type]
 
@@ -94,6 +95,9 @@ def write_hparams(writer, config, quant: str, name: str) -> None:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // config.num_attention_heads:  # Qwen3: heads wider than hidden/heads
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
@@ -164,8 +168,10 @@ def pre_tokenizer_name(spec: dict) -> str:
         pattern = parts[0].get("pattern", {}).get("Regex", "")
         if pattern.startswith("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"):
             return "llama-bpe"
+        if pattern.startswith("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?"):
+            return "qwen2"  # digits one at a time
     raise ModelError(f"GGUF export: the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) has no llama.cpp name here",
-                     "supported: GPT-2, SmolLM and Llama 3 style splitting")
+                     "supported: GPT-2, SmolLM, Llama 3 and Qwen2 style splitting")
 
 
 def write_tensors(writer, model, config, arch, permute_qk: bool, quant: str) -> None:
