@@ -169,3 +169,34 @@ def test_agent_example_prepares_with_every_call_trained(tmp_path, tok_dir):
                 assert f'<tool_call>\n{{"name": "{call["function"]["name"]}", "arguments": ' in trained
             if m["role"] in ("user", "tool", "system"):
                 assert m["content"] not in trained
+
+
+def test_chat_prints_a_tool_call_and_takes_the_next_line_as_its_result(tmp_path, tiny_llama, monkeypatch):
+    """`tunesmith chat --tools`: a tool call is shown as parsed JSON, the next typed line becomes the
+    tool's result (a `tool` turn with the call's name and id) and the model answers from it; the
+    prompt the model sees holds the tools, the call and the result as training renders them."""
+    import io
+
+    from tunesmith.config.schema import ChatConfig, Config, DataConfig
+    from tunesmith.infer import chat as chat_module
+
+    answers = iter(['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+                    "<think>\ncold\n</think>\n\nIt is -3C in Oslo."])
+    seen = []
+
+    def fake_generate(model, tokenizer, renderer, rows, max_new_tokens=64):
+        seen.append(tokenizer.decode(renderer.prompt(rows[0], 0)[0]))
+        return [next(answers)]
+
+    monkeypatch.setattr(chat_module, "generate", fake_generate)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    cfg = Config(base_model=str(tiny_llama), data=DataConfig(prompt_format="chatml", chat=ChatConfig(tools=tools)))
+    out = io.StringIO()
+    history = chat_module.chat(cfg, None, 8, io.StringIO('Weather in Oslo?\n{"temp_c": -3}\n'), out)
+    assert out.getvalue().splitlines() == ['tool_call: {"name": "get_weather", "arguments": {"city": "Oslo"}}',
+                                           "thinking: cold", "It is -3C in Oslo."]
+    assert history[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Oslo"}}
+    assert history[2] == {"role": "tool", "content": '{"temp_c": -3}', "name": "get_weather",
+                          "tool_call_id": history[1]["tool_calls"][0]["id"]}
+    assert "<tools>" in seen[0] and '"get_weather"' in seen[0]
+    assert '<tool_response>\n{"temp_c": -3}\n</tool_response>' in seen[1] and seen[1].endswith("<|im_start|>assistant\n")
