@@ -63,56 +63,58 @@ def _kinds(hint) -> list:
 
 
 def _convert(value, kinds: list) -> tuple[object, str]:
-    """(the value, as the field's type takes it; a problem or '')."""
+    """(the value as the field takes it, a problem or ''). Containers (list[str], dict) are left to
+    the Trainer; enum-valued text must be one of the enum's values, as TrainingArguments requires."""
     names = [k for k in kinds if isinstance(k, type)]
     enums = [k for k in names if issubclass(k, enum.Enum)]
-    if bool in names:
-        if isinstance(value, bool):
-            return value, ""
-        if not ({int, float, str} & set(names)):
-            return value, "must be true or false"
-    if isinstance(value, bool) and not (str in names or bool in names):
-        return value, f"must be {_describe(names)}"
-    if int in names or float in names:
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value.strip().replace("_", ""))
-            except ValueError:
-                number = None
-        if isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number):
-            if int in names and float not in names:
-                if float(number) != int(number):
-                    return value, "must be a whole number"
-                number = int(number)
-            elif isinstance(value, str) and float(number).is_integer() and "." not in value and "e" not in value.lower():
-                number = int(number)
-            return number, ""
-        if isinstance(value, (int, float)) and not math.isfinite(value):
+    if bool in names and isinstance(value, bool):
+        return value, ""
+    if (int in names or float in names) and not isinstance(value, bool):
+        number = _number(value)
+        if number is not None:
+            if float not in names and not float(number).is_integer():
+                return value, "must be a whole number"
+            whole = float not in names or (isinstance(value, str) and _integer_text(value))
+            return (int(number) if whole else number), ""
+        if isinstance(value, float):
             return value, "must be a finite number"
-        if str not in names and not enums:
-            return value, f"must be {_describe(names)}"
     if enums and isinstance(value, str):
-        allowed = [m.value for e in enums for m in e]
-        if value not in allowed and not (str in names and not enums):
-            return value, f"must be one of {', '.join(map(str, allowed))}"
-    if str in names and not isinstance(value, str) and not ({list, dict, int, float} & set(names)) \
-            and typing.get_origin(names[0]) is None and not any(typing.get_origin(k) for k in kinds):
-        return value, "must be text"
-    return value, ""
+        allowed = [str(m.value) for e in enums for m in e]
+        return (value, "") if value in allowed else (value, f"must be one of {', '.join(allowed)}")
+    if str in names and isinstance(value, str) and not enums:
+        return value, ""
+    if dict in names or list in names or any(typing.get_origin(k) for k in kinds):
+        return value, ""
+    return value, f"must be {_describe(names)}"
+
+
+def _number(value) -> int | float | None:
+    """A finite number, from a number or from text that spells one ('1e-4', '8', '1_000')."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().replace("_", ""))
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
+
+
+def _integer_text(text: str) -> bool:
+    return text.strip().lstrip("+-").replace("_", "").isdigit()
 
 
 def _describe(names: list) -> str:
     enums = [k for k in names if issubclass(k, enum.Enum)]
     if enums:
         return "one of " + ", ".join(str(m.value) for e in enums for m in e)
-    if names == [bool]:
+    if bool in names and not {int, float} & set(names):
         return "true or false"
     if int in names and float not in names:
         return "a whole number"
     if float in names or int in names:
         return "a number"
-    return " or ".join(n.__name__ for n in names)
+    return "text" if str in names else " or ".join(n.__name__ for n in names if n is not type(None))
 
 
 def _range_problems(key: str, value) -> list[str]:
