@@ -87,7 +87,9 @@ SHAPES = {"plain": (PLAIN, None), "system": (SYSTEM, None), "tools": (TOOL_CALL,
 # What each template cannot render, and the start of the message that says so.
 REFUSED = {("gemma2", "system"): "the tokenizer's chat template refused this conversation",
            **{(m, shape): "has tool calls, but the tokenizer's chat template does not render tool calls"
-              for m in ("gemma2", "phi3", "smollm2") for shape in ("tools", "agent")}}
+              for m in ("gemma2", "phi3", "smollm2") for shape in ("tools", "agent")},
+           # a turn that calls a tool is written as the call alone: its reasoning would be lost silently
+           **{(m, "agent"): "the chat template leaves out the reasoning of an assistant turn" for m in ("llama3_1", "mistral")}}
 CASES = [(m, s) for m in MODELS for s in SHAPES]
 
 

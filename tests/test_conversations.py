@@ -82,11 +82,37 @@ def test_bad_rows_name_the_row_and_turn(messages, message):
         chat({"messages": messages})
 
 
-def test_tools_column_or_config():
+def test_tools_column_or_config(tok_dir):
+    from tunesmith.config.schema import DataConfig
+    from tunesmith.data.render import make_renderer
+    from tunesmith.errors import ConfigError
+
     tools = [{"name": "f", "parameters": {}}]
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     assert chat({**row, "tools": json.dumps(tools)})["tools"] == [{"type": "function", "function": tools[0]}]
-    assert chat(row, tools=tools)["tools"] == [{"type": "function", "function": tools[0]}]
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    renderer = make_renderer(DataConfig(prompt_format="chatml", chat=ChatConfig(tools=tools)), tok)
+    assert renderer.example(row)["tools"] == [{"type": "function", "function": tools[0]}]  # normalised once, for every row
+    with pytest.raises(ConfigError, match=r"data.chat.tools: tools\[0\] needs a function name"):
+        make_renderer(DataConfig(prompt_format="chatml", chat=ChatConfig(tools=[{"description": "no name"}])), tok)
+
+
+def test_nulls_from_arrow_structs_read_as_absent():
+    """Parquet/Arrow rows carry every key of a struct column, absent ones as null."""
+    call = {"id": None, "type": None, "function": {"name": "f", "arguments": {"city": "Paris", "query": None},
+                                                    "parameters": None}}
+    row = {"messages": [{"role": "user", "content": "q", "tool_calls": None, "reasoning_content": None, "name": None},
+                        {"role": "assistant", "content": None, "tool_calls": [call], "reasoning_content": None},
+                        {"role": "tool", "content": "r", "tool_call_id": None, "name": None},
+                        {"role": "assistant", "content": [{"type": None, "text": "done"}], "tool_calls": None}]}
+    messages = chat(row)["messages"]
+    assert messages[1]["tool_calls"] == [{"id": None, "name": "f", "arguments": {"city": "Paris"}}]
+    assert messages[2] == {"role": "tool", "content": "r", "name": "f"} and messages[3]["content"] == "done"
+
+
+def test_a_json_answer_is_not_a_tool_call_without_arguments():
+    assert read_answer('{"name": "Alice", "age": 30}')["tool_calls"] == []
+    assert read_answer("Sure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>\nDone.")["content"] == "Sure.\n\nDone."
 
 
 def test_read_answer_shapes():
@@ -200,3 +226,40 @@ def test_chat_prints_a_tool_call_and_takes_the_next_line_as_its_result(tmp_path,
                           "tool_call_id": history[1]["tool_calls"][0]["id"]}
     assert "<tools>" in seen[0] and '"get_weather"' in seen[0]
     assert '<tool_response>\n{"temp_c": -3}\n</tool_response>' in seen[1] and seen[1].endswith("<|im_start|>assistant\n")
+
+
+def test_a_prompt_never_holds_a_stand_in_reasoning(tok_dir):
+    """thinking: on prompts stop before the reasoning only where reasoning was trained; with it
+    masked the model was never taught to write one, and the prompt has no stand-in block."""
+    from tunesmith.config.schema import DataConfig
+    from tunesmith.data.render import make_renderer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    row = {"messages": [{"role": "user", "content": "q"}]}
+    for reasoning in ("train", "mask"):
+        r = make_renderer(DataConfig(prompt_format="chatml", chat=ChatConfig(reasoning=reasoning, thinking="on")), tok)
+        text = tok.decode(r.prompt(row)[0])
+        assert "\x00" not in text and "<think>" not in text and text.endswith("<|im_start|>assistant\n")
+
+
+def test_chat_answers_once_every_call_has_its_result(tmp_path, tiny_llama, monkeypatch):
+    import io
+
+    from tunesmith.config.schema import Config, DataConfig
+    from tunesmith.infer import chat as chat_module
+
+    two_calls = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+                 '<tool_call>\n{"name": "get_time", "arguments": {"timezone": "Europe/Oslo"}}\n</tool_call>')
+    answers, asked = iter([two_calls, "Cold, and it is noon."]), []
+
+    def fake_generate(model, tokenizer, renderer, rows, max_new_tokens=64):
+        asked.append(rows[0]["messages"])
+        return [next(answers)]
+
+    monkeypatch.setattr(chat_module, "generate", fake_generate)
+    cfg = Config(base_model=str(tiny_llama), data=DataConfig(prompt_format="chatml"))
+    history = chat_module.chat(cfg, None, 8, io.StringIO("Weather and time in Oslo?\n-3C\n12:00\n"), io.StringIO())
+    assert len(asked) == 2  # not after the first result
+    assert [(m["role"], m.get("name")) for m in history[2:4]] == [("tool", "get_weather"), ("tool", "get_time")]
+    assert [m["tool_call_id"] for m in history[2:4]] == [c["id"] for c in history[1]["tool_calls"]]
+    assert history[-1] == {"role": "assistant", "content": "Cold, and it is noon."}

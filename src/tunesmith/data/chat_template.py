@@ -124,10 +124,17 @@ def render_with_template(turns: list[dict], template: Template, tools: list | No
     that renders earlier turns differently once later ones are added."""
     messages = template_messages(turns, template, tools, index)
     assistant = [k for k, t in enumerate(turns) if t["role"] == "assistant"]
+    rendered: dict[int, tuple[str, str]] = {}
+
+    def turn(k: int) -> tuple[str, str]:  # each turn rendered once, for either layout below
+        if k not in rendered:
+            rendered[k] = _turn(messages, k, turns[k], template, tools, empty_think, index)
+        return rendered[k]
+
     segments: list[Segment] = []
     done = ""  # text already placed in segments
     for k in assistant:
-        prompt, span = _turn(messages, k, turns[k], template, tools, empty_think, index)
+        prompt, span = turn(k)
         if not prompt.startswith(done):
             break  # history rewritten: one example per turn, below
         add_segment(segments, prompt[len(done):], train_on_prompt)
@@ -138,7 +145,7 @@ def render_with_template(turns: list[dict], template: Template, tools: list | No
     examples = []
     for k in assistant:
         if turns[k]["trained"]:
-            prompt, span = _turn(messages, k, turns[k], template, tools, empty_think, index)
+            prompt, span = turn(k)
             example: list[Segment] = []
             add_segment(example, prompt, train_on_prompt)
             _add_span(example, span, turns[k], template, reasoning, train_on_prompt, index)
@@ -189,12 +196,12 @@ def _add_span(segments: list[Segment], span: str, turn: dict, template: Template
     """The turn's text: trained (its reasoning masked with reasoning: mask), with the whitespace a
     template writes after its end-of-turn token left to the next prompt."""
     trained = turn["trained"] or train_on_prompt
-    if reasoning == "mask" and turn.get("reasoning"):
-        thought = turn["reasoning"].strip()
-        at = span.find(thought)
-        if at < 0:
-            raise row_error(index, "the reasoning of an assistant turn is not in the template's output, so it cannot be masked",
-                            "set data.chat.reasoning: train or drop")
+    thought = (turn.get("reasoning") or "").strip()
+    at = span.find(thought) if thought else 0
+    if at < 0:  # e.g. a template that keeps only the text after </think>: never trained silently without it
+        raise row_error(index, "the chat template leaves out the reasoning of an assistant turn",
+                        "set data.chat.reasoning: drop to train the answers without it, or use a template that writes it")
+    if reasoning == "mask" and thought:
         end = at + len(thought)
         close = _THINK_END.match(span, end)
         end = close.end() if close else end

@@ -8,6 +8,10 @@ data.chat.tools), reasoning as `reasoning_content` / `reasoning` or a leading <t
 A normalised message is {"role", "content": str} plus, where they apply, "reasoning": str,
 "tool_calls": [{"id": str | None, "name": str, "arguments": dict}] (arguments parsed once, so a
 template's `tojson` never double-encodes a string), "tool_call_id" and "name" on tool turns.
+
+Rows read from Arrow (parquet, a Dataset) carry every key of a struct column, absent ones as null:
+a null is read as absent throughout (`_get`), and null-valued keys inside object arguments and
+schemas given as objects are dropped, since a null there cannot be told from an absent key.
 """
 from __future__ import annotations
 
@@ -29,6 +33,20 @@ _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 TEXT_PARTS = ("text", "input_text", "output_text")
 
 
+def _get(d: dict, key: str, default: Any = None) -> Any:
+    """d[key], with a null read as absent (Arrow fills a struct's absent keys with null)."""
+    value = d.get(key)
+    return default if value is None else value
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def raw_messages(row: dict[str, Any], roles: dict[str, str], index: int) -> list[dict[str, Any]]:
     """The row's turns as OpenAI-style dicts: `messages` as they are, ShareGPT `conversations` mapped."""
     if row.get("messages") is not None:
@@ -44,14 +62,14 @@ def raw_messages(row: dict[str, Any], roles: dict[str, str], index: int) -> list
     for i, t in enumerate(turns):
         if not isinstance(t, dict):
             raise row_error(index, f"conversations[{i}] must be an object {{from, value}}, got {str(t)[:80]!r}")
-        if "from" not in t and "role" in t:  # some ShareGPT sets use OpenAI's keys inside `conversations`
+        if _get(t, "from") is None and _get(t, "role") is not None:  # OpenAI's keys inside `conversations`
             out.append(t)
             continue
         who = t.get("from")
         if who not in names:
             raise row_error(index, f"conversations[{i}] is from {who!r}, which is not a known role",
                             f"map it with data.chat.roles, e.g. {{{who}: assistant}} (known: {', '.join(sorted(names))})")
-        role, value = names[who], t.get("value")
+        role, value = names[who], _get(t, "value")
         if role == "function_call":  # LLaMA-Factory: the assistant's call, as JSON text
             out.append({"role": "assistant", "content": None, "tool_calls": _parsed_calls(value, index, f"conversations[{i}]")})
         else:
@@ -79,7 +97,7 @@ def conversation(row: dict[str, Any], roles: dict[str, str], reasoning: str, ind
         elif role not in _MAY_FOLLOW[previous]:
             after = f"after {previous!r}" if previous else "at the start"
             raise row_error(index, f"{where}: role {role!r} cannot come {after}; expected one of {sorted(_MAY_FOLLOW[previous])}")
-        msg = {"role": role, "content": content_text(m.get("content"), index, where)}
+        msg = {"role": role, "content": content_text(_get(m, "content"), index, where)}
         if role == "assistant":
             msg = _assistant(m, msg, reasoning, index, where, history)
             pending = msg.get("tool_calls", [])
@@ -94,7 +112,7 @@ def conversation(row: dict[str, Any], roles: dict[str, str], reasoning: str, ind
     n = len(messages)
     while messages and messages[-1]["role"] != "assistant":
         messages.pop()  # trailing user/tool turns have nothing to learn from
-    if not any(m["role"] == "assistant" for m in messages):
+    if not messages:
         raise row_error(index, "has no assistant turn: there is nothing to learn",
                         "each conversation needs at least one assistant message with content or tool calls")
     return {"messages": messages, "trailing_removed": n - len(messages)}
@@ -109,8 +127,8 @@ def content_text(content: Any, index: int, where: str) -> str:
     if isinstance(content, (list, tuple)):
         texts = []
         for j, part in enumerate(content):
-            kind = part.get("type", "text") if isinstance(part, dict) else type(part).__name__
-            if kind not in TEXT_PARTS or not isinstance(part.get("text"), str):
+            kind = _get(part, "type", "text") if isinstance(part, dict) else type(part).__name__
+            if kind not in TEXT_PARTS or not isinstance(_get(part, "text"), str):
                 raise row_error(index, f"{where}.content[{j}] is a {kind!r} part: only text is supported "
                                        "(images, audio and files are not: tunesmith trains text-only models)",
                                 "remove non-text parts, or the rows that have them")
@@ -121,12 +139,12 @@ def content_text(content: Any, index: int, where: str) -> str:
 
 
 def _assistant(m: dict, msg: dict, reasoning: str, index: int, where: str, history: bool = False) -> dict:
-    thought = m.get("reasoning_content") if m.get("reasoning_content") is not None else m.get("reasoning")
+    thought = _get(m, "reasoning_content", _get(m, "reasoning"))
     if thought is not None and not isinstance(thought, str):
         raise row_error(index, f"{where}.reasoning_content must be a string, got {type(thought).__name__}")
     if thought is None and (found := _THINK.match(msg["content"])):
         thought, msg["content"] = found.group(1).strip("\n"), msg["content"][found.end():]
-    calls = _parsed_calls(m.get("tool_calls"), index, where) if m.get("tool_calls") else []
+    calls = _parsed_calls(_get(m, "tool_calls"), index, where) if _get(m, "tool_calls") else []
     if calls:
         msg["tool_calls"] = calls
     if thought and thought.strip() and reasoning != "drop":
@@ -147,17 +165,17 @@ def _parsed_calls(calls: Any, index: int, where: str) -> list[dict]:
     out = []
     for j, call in enumerate(calls):
         here = f"{where}.tool_calls[{j}]"
-        fn = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        fn = _get(call, "function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(_get(fn, "name"), str) or not fn["name"]:
             raise row_error(index, f"{here} needs a function name ({{function: {{name, arguments}}}}), got {str(call)[:80]!r}")
-        args = fn.get("arguments", fn.get("parameters"))
-        if args is None:
-            args = {}
-        elif isinstance(args, str):
+        args = _get(fn, "arguments", _get(fn, "parameters", {}))
+        if isinstance(args, str):
             args = _json(args, index, f"{here}.function.arguments") if args.strip() else {}
+        else:
+            args = _without_nulls(args)
         if not isinstance(args, dict):
             raise row_error(index, f"{here}.function.arguments must be a JSON object, got {type(args).__name__}: {str(args)[:60]!r}")
-        call_id = call.get("id") if isinstance(call.get("id"), str) else None
+        call_id = _get(call, "id") if isinstance(_get(call, "id"), str) else None
         out.append({"id": call_id, "name": fn["name"], "arguments": args})
     return out
 
@@ -170,11 +188,11 @@ def _json(text: str, index: int, where: str) -> Any:
                         "fix the row, or set data.bad_rows: skip to count and skip such rows") from None
 
 
-def _tool_fields(m: dict, messages: list[dict], pending: list) -> dict:
-    """A tool turn's call id and function name; the name comes from its call when the row omits it."""
-    call_id = m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None
-    name = m.get("name") if isinstance(m.get("name"), str) else None
-    calls = next((x.get("tool_calls", []) for x in reversed(messages) if x["role"] == "assistant"), [])
+def _tool_fields(m: dict, messages: list[dict], calls: list) -> dict:
+    """A tool turn's call id and function name; the name comes from its call (`calls`: the last
+    assistant turn's) when the row omits it."""
+    call_id = _get(m, "tool_call_id") if isinstance(_get(m, "tool_call_id"), str) else None
+    name = _get(m, "name") if isinstance(_get(m, "name"), str) else None
     answered = 0  # tool turns since that call: without ids, results answer the calls in order
     for x in reversed(messages):
         if x["role"] != "tool":
@@ -201,9 +219,9 @@ def normalize_tools(tools: Any, index: int) -> list[dict] | None:
         raise row_error(index, f"field 'tools' must be a list of function schemas, got {type(tools).__name__}")
     out = []
     for j, t in enumerate(tools):
-        fn = t.get("function", t) if isinstance(t, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        fn = _get(t, "function", t) if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(_get(fn, "name"), str):
             raise row_error(index, f"tools[{j}] needs a function name ({{type: function, function: {{name, parameters}}}}), "
                                    f"got {str(t)[:80]!r}")
-        out.append({"type": "function", "function": {k: v for k, v in fn.items() if v is not None}})
+        out.append({"type": "function", "function": _without_nulls(fn)})
     return out or None

@@ -50,16 +50,17 @@ def apply_preprocessing(row: dict[str, Any], fn: Callable, fn_name: str, index: 
 
 
 def normalize(row: dict[str, Any], fmt: str, index: int, chat: ChatConfig | None = None,
-              prompt: bool = False) -> dict[str, Any]:
+              prompt: bool = False, default_tools: list[dict] | None = None) -> dict[str, Any]:
     """Validate one row of the given format and return its normalized example (`prompt`: a row
-    to generate from, whose history may hold an empty answer)."""
+    to generate from, whose history may hold an empty answer; `default_tools`: data.chat.tools,
+    normalised, for rows without a `tools` column)."""
     if fmt == "chat":
         chat = chat or ChatConfig()
         if row.get("messages") is None and row.get("conversations") is None:
             raise row_error(index, f"has fields {sorted(row)} but no 'messages' or 'conversations'",
                             "map your column with data.columns, e.g. {messages: dialog}")
         found = conversation(row, chat.roles, chat.reasoning, index, history=prompt)
-        tools = normalize_tools(row["tools"] if row.get("tools") is not None else chat.tools, index)
+        tools = normalize_tools(row["tools"], index) if row.get("tools") is not None else default_tools
         reasoning = sum(1 for m in found["messages"] if m.get("reasoning"))
         return {"kind": "chat", **found, "tools": tools, "reasoning_turns": reasoning}
     if fmt == "prompt_response":

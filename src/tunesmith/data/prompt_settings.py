@@ -36,8 +36,8 @@ def settings_text(data: DataConfig, data_dir: str | Path | None = None) -> str:
     """The file's text: a version, then the settings. `data_dir`: the prepared data the model was
     trained on, whose prep report settles data.chat.thinking: auto (on when it had reasoning)."""
     settings = prompt_settings(data)
-    if settings["chat"]["thinking"] == "auto":
-        settings["chat"]["thinking"] = thinking_from_report(data_dir)
+    if settings["chat"]["thinking"] == "auto":  # on only where reasoning was there and trained
+        settings["chat"]["thinking"] = thinking_from_report(data_dir) if data.chat.reasoning == "train" else "off"
     return json.dumps({"tunesmith_prompt_version": VERSION, **settings}, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -49,7 +49,7 @@ def thinking_from_report(data_dir: str | Path | None) -> str:
     except (OSError, ValueError):
         report = {}
     turns = report.get("splits", {}).get("train", {}).get("reasoning_turns", 0) if isinstance(report, dict) else 0
-    return "on" if isinstance(turns, int) and turns > 0 and report else "off"
+    return "on" if isinstance(turns, int) and turns > 0 else "off"
 
 
 def read_settings(folder: str | Path) -> DataConfig | None:

@@ -19,11 +19,12 @@ from transformers import PreTrainedTokenizerBase
 
 from tunesmith.config.schema import DataConfig, PromptFormatConfig
 from tunesmith.data.chat_template import Template, check_has_template, render_with_template
-from tunesmith.data.conversations import raw_messages
+from tunesmith.data.conversations import normalize_tools, raw_messages
 from tunesmith.data.examples import apply_preprocessing, detect_format, normalize, rename_columns
 from tunesmith.data.prompts import CHAT_TEMPLATE, Segment, example_to_turns, render_turns, resolve_format, select_trained
 from tunesmith.data.sources import import_callable
 from tunesmith.data.tokenize import Specials, encode_batch, specials_of
+from tunesmith.errors import ConfigError, DataError
 
 PLACEHOLDER = "\x00answer\x00"  # stands in for a prompt's missing answer; only the text before it is used
 
@@ -38,6 +39,7 @@ class Renderer:
     fmt: PromptFormatConfig | str  # resolved ({bos}/{eos} filled), or CHAT_TEMPLATE
     preprocess: Callable | None = None
     template: Template | None = None  # the tokenizer's chat template, when fmt is CHAT_TEMPLATE
+    tools: list[dict] | None = None  # data.chat.tools, normalised once: for rows without their own
 
     def example(self, row: dict[str, Any], index: int = 0, row_format: str = "", prompt: bool = False) -> dict:
         """A raw row -> its normalized example (raises DataError naming the row when malformed).
@@ -48,9 +50,11 @@ class Renderer:
         if prompt:
             if row.get("messages") is None and isinstance(row.get("conversations"), (list, tuple)):
                 row = {**row, "messages": raw_messages(row, self.data.chat.roles, index), "conversations": None}
-            row = with_answer_placeholder(row, thinking=self.data.chat.thinking == "on")
+            # Thinking first only where reasoning was trained: a masked one is not the model's to write.
+            thinking = self.data.chat.thinking == "on" and self.data.chat.reasoning == "train"
+            row = with_answer_placeholder(row, thinking=thinking)
         return normalize(row, row_format or detect_format([k for k, v in row.items() if v is not None]), index, self.data.chat,
-                         prompt)
+                         prompt, self.tools)
 
     def examples(self, example: dict, index: int = 0, train_on_prompt: bool = False) -> list[list[Segment]]:
         """A normalized example -> the segments of each training example it makes: one, or one per
@@ -62,7 +66,9 @@ class Renderer:
         return [render_turns(turns, self.fmt, train_on_prompt, tools, chat.reasoning)]
 
     def segments(self, example: dict, index: int = 0, train_on_prompt: bool = False) -> list[Segment]:
-        """The example's last training example: for a prompt, the one that ends with the answer."""
+        """The example's last training example: for a prompt, the one that ends with the answer. (Every
+        turn is rendered as training renders it: each answer is its own segment, tokenized on its
+        own, so the prompt's ids are the training row's.)"""
         return self.examples(example, index, train_on_prompt)[-1]
 
     def render(self, row: dict[str, Any], index: int, row_format: str = "") -> tuple[list[list[Segment]], dict[str, int]]:
@@ -145,7 +151,11 @@ def make_renderer(data: DataConfig, tokenizer: PreTrainedTokenizerBase, preproce
         template = Template(tokenizer)
         specials = replace(specials, end_of_turn=template.end_of_turn)
     preprocess = import_callable(data.preprocessing_fn, where) if preprocessing and data.preprocessing_fn else None
-    return Renderer(data, tokenizer, specials, fmt, preprocess, template)
+    try:
+        tools = normalize_tools(data.chat.tools, -1)
+    except DataError as e:  # the config's list, not a row's
+        raise ConfigError(f"data.chat.tools: {e.message.removeprefix('row -1: ')}", e.hint) from None
+    return Renderer(data, tokenizer, specials, fmt, preprocess, template, tools)
 
 
 def with_answer_placeholder(row: dict[str, Any], thinking: bool = False) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def read_answer(text: str) -> dict[str, Any]:
         reasoning, text = found.group(1).strip(), text[found.end():]
     calls = [_call(m.group(1)) for m in _CALL.finditer(text)]
     if calls:
-        text = text[:text.index(CALL_OPEN)].strip()
+        text = _CALL.sub("", text).strip()  # the text around the calls stays the answer's
     else:
         calls, text = _bare_calls(text)
     return {"content": text, "reasoning": reasoning, "tool_calls": calls}
@@ -83,7 +83,11 @@ def _call(raw: str) -> dict:
     return _as_call(value) or {"name": None, "raw": raw}
 
 
-def _as_call(value: Any) -> dict | None:
+def _as_call(value: Any, bare: bool = False) -> dict | None:
+    """{"name", "arguments"} from a parsed call; `bare` (JSON with no tags around it) also needs an
+    arguments or parameters key, so an answer that is merely a JSON object with a name is not a call."""
+    if bare and not (isinstance(value, dict) and ("arguments" in value or "parameters" in value)):
+        return None
     if isinstance(value, dict) and isinstance(value.get("name"), str):
         args = value.get("arguments", value.get("parameters", {}))
         if isinstance(args, str):
@@ -104,5 +108,5 @@ def _bare_calls(text: str) -> tuple[list[dict], str]:
         value = json.loads(body)
     except json.JSONDecodeError:
         return [], text
-    calls = [_as_call(v) for v in (value if isinstance(value, list) else [value])]
+    calls = [_as_call(v, bare=True) for v in (value if isinstance(value, list) else [value])]
     return ([c for c in calls if c], "") if calls and all(calls) else ([], text)

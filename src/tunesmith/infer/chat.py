@@ -29,27 +29,29 @@ def chat(cfg: Config | None, model_path: str | None, max_new_tokens: int = 256,
     tools = tools if tools is not None else cfg.data.chat.tools
     messages: list[dict] = []
     interactive = stdin.isatty()
-    pending_call = None
+    pending: list[dict] = []  # calls of the last answer still waiting for their result, in order
     while True:
         if interactive:
-            stdout.write("tool> " if pending_call else "you> ")
+            stdout.write(f"tool {pending[0]['function']['name']}> " if pending else "you> ")
             stdout.flush()
         line = stdin.readline()
         if not line or not line.strip():
             break
         if line.strip() == "/reset":
-            messages, pending_call = [], None
+            messages, pending = [], []
             continue
-        if pending_call:
-            messages.append({"role": "tool", "content": line.rstrip("\n"), "name": pending_call["name"],
-                             **({"tool_call_id": pending_call["id"]} if pending_call.get("id") else {})})
+        if pending:
+            call = pending.pop(0)
+            messages.append({"role": "tool", "content": line.rstrip("\n"), "name": call["function"]["name"],
+                             "tool_call_id": call["id"]})
+            if pending:
+                continue  # the model answers once every call has its result
         else:
             messages.append({"role": "user", "content": line.rstrip("\n")})
         row = {"messages": list(messages), **({"tools": tools} if tools else {})}
         answer = read_answer(generate(model, tokenizer, renderer, [row], max_new_tokens=max_new_tokens)[0])
         messages.append(assistant_turn(answer, len(messages)))
-        pending_call = messages[-1]["tool_calls"][0]["function"] | {"id": messages[-1]["tool_calls"][0]["id"]} \
-            if messages[-1].get("tool_calls") else None
+        pending = list(messages[-1].get("tool_calls", []))
         stdout.write(show(answer, interactive) + "\n")
         stdout.flush()
     return messages

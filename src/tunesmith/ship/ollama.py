@@ -15,7 +15,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config
 from tunesmith.errors import ConfigError
 from tunesmith.data.render import make_renderer
-from tunesmith.data.tool_text import tools_text
+from tunesmith.data.tool_text import reasoning_text, result_text, tools_text
 
 SYSTEM, PROMPT, ANSWER = "\x00system\x00", "\x00prompt\x00", "\x00answer-text\x00"
 
@@ -84,6 +84,8 @@ def jinja_chat_template(cfg: Config, tokenizer) -> str:
     q = lambda text: json.dumps(text, ensure_ascii=False)  # noqa: E731
     default = q(cfg.data.prompt.system_message) if cfg.data.prompt.system_message else "none"
     listing_head, _, listing_tail = tools_text([{"\x00": 0}]).partition(json.dumps({"\x00": 0}))
+    result_head, _, result_tail = result_text("\x00").partition("\x00")  # the tags training writes
+    think_head, _, think_tail = reasoning_text("\x00").partition("\x00")
     return ("{% set ns = namespace(system=" + default + ", after=false, listing='') %}"
             "{% if tools %}{% set ns.listing = " + q(listing_head) + " %}{% for t in tools %}"
             "{% set ns.listing = ns.listing ~ (t | tojson) ~ ('\\n' if not loop.last else '') %}{% endfor %}"
@@ -98,12 +100,12 @@ def jinja_chat_template(cfg: Config, tokenizer) -> str:
             "{% if starts %}{% if ns.after %}{{ " + q(separator) + " }}{% endif %}{% set ns.after = false %}"
             "{% if ns.system is not none %}{{ " + sys_head + " }}{% else %}{{ " + head + " }}{% endif %}"
             "{% else %}{{ '\\n' }}{% endif %}"
-            "{% if m['role'] == 'tool' %}{{ '<tool_response>\\n' ~ m['content'] ~ '\\n</tool_response>' }}"
+            "{% if m['role'] == 'tool' %}{{ " + q(result_head) + " ~ m['content'] ~ " + q(result_tail) + " }}"
             "{% else %}{{ m['content'] }}{% endif %}"
             "{% if ends %}{% if ns.system is not none %}{{ " + sys_tail + " }}{% else %}{{ " + tail + " }}{% endif %}"
             "{% set ns.system = none %}{% endif %}"
             "{% elif m['role'] == 'assistant' %}"
-            "{% if m['reasoning_content'] %}{{ '<think>\\n' ~ m['reasoning_content'] ~ '\\n</think>\\n\\n' }}{% endif %}"
+            "{% if m['reasoning_content'] %}{{ " + q(think_head) + " ~ m['reasoning_content'] ~ " + q(think_tail) + " }}{% endif %}"
             "{{ m['content'] or '' }}"
             "{% for c in m['tool_calls'] or [] %}{% if m['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
             "{{ '<tool_call>\\n' ~ ({'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson)"
