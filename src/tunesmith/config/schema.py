@@ -195,7 +195,8 @@ class DataConfig(Strict):
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
-        canonical = {"input", "context", "contexts", "prompt", "response", "completion", "messages", "conversations", "tools"}
+        canonical = {"input", "context", "contexts", "prompt", "response", "completion", "messages", "conversations", "tools",
+                     "chosen", "rejected", "label"}
         unknown = set(v) - canonical
         if unknown:
             raise ValueError(f"unknown canonical column(s) {sorted(unknown)}; use {sorted(canonical)} as keys")
@@ -223,6 +224,9 @@ class Config(Strict):
     train_data: str | None = Field(None, description="prepared data to train on; default: data.output")
     eval_data: str | None = Field(None, description="prepared eval data, when prepared separately")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(), description="how the model is loaded and trained")
+    objective: ObjectiveConfig = Field(default_factory=lambda: ObjectiveConfig(),
+                                       description="what training optimises: sft, or a preference objective (dpo, ipo, "
+                                                   "simpo, orpo, kto); docs/preference.md")
     training: dict[str, Any] = Field(default_factory=dict, description="any transformers TrainingArguments field, checked "
                                                                       "before any work; tunesmith's defaults: docs/training.md")
     seed_compat: list[str] = Field(default_factory=list, exclude=True, description="notes on translated keys (two-step or llm-foundry files)")
@@ -241,6 +245,6 @@ class Config(Strict):
         return self.data.output or f"{self.resolved_output_dir()}/data"
 
 
-from tunesmith.config.train_schema import ModelConfig  # noqa: E402  (train part lives in its own file)
+from tunesmith.config.train_schema import ModelConfig, ObjectiveConfig  # noqa: E402  (train part lives in its own file)
 
 Config.model_rebuild()

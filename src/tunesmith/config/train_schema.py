@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -55,6 +55,52 @@ class SpeedupsConfig(_Strict):
     def _yaml_off(cls, v):
         # YAML reads a bare `off` as false (and `on` as true): `swiglu: off` must still mean "off".
         return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
+
+PAIR_OBJECTIVES = ("dpo", "ipo", "simpo", "orpo")  # trained on chosen/rejected pairs; kto on unpaired rows
+
+
+class ObjectiveConfig(_Strict):
+    """What training optimises (train/objectives/): `objective: dpo` is short for `objective: {name: dpo}`."""
+
+    name: Literal["sft", "dpo", "ipo", "simpo", "orpo", "kto"] = Field(
+        "sft", description="sft: cross-entropy on the answers; on preference pairs (prompt, chosen, rejected): dpo "
+                           "(sigmoid), ipo, simpo (reference-free, length-normalised), orpo (SFT plus odds ratio, "
+                           "reference-free); on unpaired rows (prompt, completion, label): kto")
+    beta: float | None = Field(
+        None, gt=0, description="the preference objectives' beta (TRL's meaning): dpo/ipo/kto 0.1, simpo 2.0, "
+                                "orpo 0.1 (the odds-ratio term's weight) when not given")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo: the assumed share of flipped preference labels "
+                                                                  "(conservative DPO)")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin (TRL's simpo_gamma)")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the desirable rows' loss")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the undesirable rows' loss")
+    reference: Literal["auto", "adapter_off", "precomputed"] = Field(
+        "auto", description="dpo, ipo, kto: where the reference log-probs come from, with no second model in memory. "
+                            "adapter_off: the base model with the LoRA adapter switched off, in the same step; "
+                            "precomputed: one pass of the starting model over the data before training, stored with "
+                            "the prepared data by the model's identity; auto: adapter_off for lora/qlora, else precomputed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data):
+        return {"name": data} if isinstance(data, str) else data
+
+    @property
+    def on_pairs(self) -> bool:
+        return self.name in PAIR_OBJECTIVES
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.name in ("dpo", "ipo", "kto")
+
+    @property
+    def data_kind(self) -> str:
+        """The prepared rows the objective trains on: '' (SFT rows), 'pairs' or 'unpaired'."""
+        return "pairs" if self.on_pairs else ("unpaired" if self.name == "kto" else "")
+
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else (2.0 if self.name == "simpo" else 0.1)
 
 
 class ModelConfig(_Strict):

@@ -16,6 +16,8 @@ from transformers import PreTrainedTokenizerBase
 from tunesmith import __version__
 from tunesmith.config.schema import Config
 from tunesmith.config.secrets import mask
+from tunesmith.data.pair_rows import PairProcessor
+from tunesmith.data.pairs import PairRenderer, check_pair_config, pair_kind, with_mismatched_rows
 from tunesmith.data.pack import pack_split, packing_report
 from tunesmith.data.report import print_summary, split_report
 from tunesmith.data.rows import (OUTPUT_FEATURES, ROW, STATUS_COLUMNS, RowProcessor, dataset_format, render_setup,
@@ -37,6 +39,9 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
     renderer = render_setup(cfg, tokenizer)
     tokenizer, fmt = renderer.tokenizer, renderer.fmt
 
+    kind = cfg.objective.data_kind  # '' for SFT rows; 'pairs' or 'unpaired' for preference objectives
+    if kind:
+        check_pair_config(d, kind)
     raw = raw_splits(cfg)
 
     processed, reports, chat_lines = {}, {}, []
@@ -48,6 +53,20 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
         if quiet:
             disable_progress_bars()
         try:
+            columns = renamed_columns(ds.column_names, d.columns)
+            if not kind and renderer.preprocess is None and pair_kind(columns) == "pairs":
+                raise ConfigError(f"data.{split}: the rows are preference pairs (chosen, rejected), but the objective is sft",
+                                  "set objective: dpo (or ipo, simpo, orpo) to train on them; docs/preference.md")
+            if kind:
+                processor = PairProcessor(PairRenderer(renderer), kind)
+                out = ds.map(processor, batched=True, batch_size=1000, num_proc=num_proc, features=processor.features,
+                             remove_columns=[c for c in ds.column_names if c != ROW], load_from_cache_file=False,
+                             desc=f"tokenizing {split} ({kind})")
+                reports[split] = split_report(out)
+                processed[split] = kept_rows(out, reports[split])
+                if kind == "unpaired" and len(processed[split]):
+                    processed[split] = with_mismatched_rows(processed[split])
+                continue
             row_format = dataset_format(d.format, ds.column_names, d.columns, renderer.preprocess is not None)
             if row_format == "chat" and split == "train":
                 chat_lines = renderer.chat_choices(renamed_columns(ds.column_names, d.columns))
@@ -63,10 +82,7 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
         finally:
             enable_progress_bars()
         reports[split] = split_report(out)
-        if reports[split]["rows_kept"] < len(out):  # a filter adds an indices mapping that saving must rewrite
-            out = out.filter(lambda s: [x == "ok" for x in s], input_columns="_status", batched=True,
-                             batch_size=10_000, load_from_cache_file=False)
-        processed[split] = out.remove_columns(STATUS_COLUMNS)
+        processed[split] = kept_rows(out, reports[split])
         if d.packing and len(processed[split]):
             packed = pack_split(processed[split], d.max_length)
             reports[split]["packing"] = packing_report(processed[split], packed, d.max_length)
@@ -84,10 +100,12 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
         "prompt_format": fmt if isinstance(fmt, str) else fmt.name, "max_length": d.max_length,
         "overlength": d.overlength, "translated_from_seed": cfg.seed_compat,
     }
+    if kind:
+        report["rows_kind"] = kind  # a pair is one row: kept, dropped and cut together
     if chat_lines:
         report["chat"] = chat_lines
     meta = {"tunesmith_version": __version__, "tokenizer": tokenizer_identity(tokenizer),
-            "prompt_format": report["prompt_format"], "max_length": d.max_length,
+            "prompt_format": report["prompt_format"], "max_length": d.max_length, "rows_kind": kind or "sft",
             "data_config": mask(d.model_dump(mode="json"))[0]}  # no storage_options credentials on disk
     try:
         write_prepared(DatasetDict(processed), out_dir, report, meta, d.export, d.output_layout, d.writer)
@@ -100,6 +118,14 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
     if not quiet:
         print_summary(report)
     return report
+
+
+def kept_rows(out: Dataset, report: dict) -> Dataset:
+    """The rows whose status is ok, without the status columns."""
+    if report["rows_kept"] < len(out):  # a filter adds an indices mapping that saving must rewrite
+        out = out.filter(lambda s: [x == "ok" for x in s], input_columns="_status", batched=True,
+                         batch_size=10_000, load_from_cache_file=False)
+    return out.remove_columns(STATUS_COLUMNS)
 
 
 def auto_processes(rows: int) -> int:

@@ -43,16 +43,18 @@ def read_evals(folder: Path) -> list[dict]:
 
 def example_rows(data_dir: Path, tokenizer, n: int = 3) -> list[dict]:
     """The first `n` prepared training examples as runs of (text, trained), decoded from the very
-    ids and labels the model was trained on. Packed rows are cut at their first example."""
+    ids and labels the model was trained on. Packed rows are cut at their first example; a
+    preference pair gives its chosen and its rejected side (`side`)."""
     from datasets import load_from_disk
 
     if not (data_dir / "train").is_dir():
         return []
     ds = load_from_disk(str(data_dir / "train"))
     rows = []
-    for i in range(min(n, len(ds))):
+    prefixes = ["chosen_", "rejected_"] if "chosen_input_ids" in ds.column_names else [""]
+    for i, prefix in itertools.product(range(min(n, len(ds))), prefixes):
         row = ds[i]
-        ids, labels = row["input_ids"], row["labels"]
+        ids, labels = row[prefix + "input_ids"], row[prefix + "labels"]
         if row.get("position_ids"):
             starts = [k for k, p in enumerate(row["position_ids"]) if p == 0 and k > 0]
             end = starts[0] if starts else len(ids)
@@ -63,7 +65,8 @@ def example_rows(data_dir: Path, tokenizer, n: int = 3) -> list[dict]:
             text = tokenizer.decode(ids[pos:pos + size], skip_special_tokens=False, clean_up_tokenization_spaces=False)
             runs.append((text, trained))
             pos += size
-        rows.append({"tokens": len(ids), "trained": sum(1 for x in labels if x != IGNORE), "runs": runs})
+        rows.append({"tokens": len(ids), "trained": sum(1 for x in labels if x != IGNORE), "runs": runs,
+                     "side": prefix.rstrip("_") or None})
     return rows
 
 

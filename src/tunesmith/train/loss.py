@@ -39,6 +39,7 @@ from transformers.utils import ModelOutput
 from tunesmith.hf import IGNORE
 from tunesmith.train.chunked_ce import linear_cross_entropy_sum, per_token_cross_entropy
 from tunesmith.train.model import base_causal_lm
+from tunesmith.train.sequence_logps import per_sequence, sequence_ids, token_logps
 
 # Config keys that change the logits after lm_head: named in the reason (and the only check where
 # the weights are not materialised, e.g. ZeRO-3 at load time).
@@ -53,6 +54,15 @@ class TrainedTokenOutput(ModelOutput):
 
     loss: torch.Tensor | None = None
     row_losses: torch.Tensor | None = None  # (rows, 2): loss sum, trained tokens
+
+
+@dataclass
+class SequenceLogpsOutput(ModelOutput):
+    """What the forward returns with `score_sequences=True` (the preference objectives): per sequence
+    of the batch, the sum of log p over its trained tokens, and their count."""
+
+    logps: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +169,7 @@ def _plain_head(head) -> bool:
     return type(head) is torch.nn.Linear and head.bias is None
 
 
-def _causal_lm_forward(self, input_ids=None, labels=None, num_items_in_batch=None, **kwargs):
+def _causal_lm_forward(self, input_ids=None, labels=None, num_items_in_batch=None, score_sequences=False, **kwargs):
     if labels is None:
         return self._tunesmith_original_forward(input_ids=input_ids, **kwargs)
     for key in ("use_cache", "logits_to_keep", "skip_logits", "return_dict"):
@@ -169,6 +179,14 @@ def _causal_lm_forward(self, input_ids=None, labels=None, num_items_in_batch=Non
     targets = labels[:, 1:]
     keep = targets != IGNORE
     h, t = hidden[:, :-1][keep], targets[keep]
+    if score_sequences:  # the preference objectives: log p of each answer, through lm_head's call
+        seq = sequence_ids(labels, kwargs.get("position_ids"))
+        if getattr(self.lm_head.forward, "__func__", None) is _head_forward:
+            logps = self.lm_head(h, targets=t, reduction="logp")
+        else:  # a wrapped head (e.g. LoRA on lm_head): its own forward, at trained positions only
+            logps = torch.log_softmax(self.lm_head(h).float(), dim=-1).gather(1, t[:, None])[:, 0]
+        sums, tokens = per_sequence(logps, seq[:, 1:][keep], int(seq.max()) + 1)
+        return SequenceLogpsOutput(logps=sums, tokens=tokens)
     loss = self._tunesmith_loss
     if self.training:
         loss_sum = loss.total(self.lm_head, h, t)
@@ -190,6 +208,8 @@ def _head_forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = Non
     weight = self.weight
     if hasattr(weight, "full_tensor"):  # a DTensor reached outside its module's unsharding hook
         weight = weight.full_tensor()
+    if reduction == "logp":
+        return token_logps(hidden, weight, targets)
     if reduction == "sum":
         return linear_cross_entropy_sum(hidden, weight, targets, label_smoothing=label_smoothing)
     return per_token_cross_entropy(hidden, weight, targets, label_smoothing=label_smoothing)

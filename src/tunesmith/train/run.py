@@ -19,7 +19,9 @@ from tunesmith.data.identity import same_tokenizer, tokenizer_identity
 from tunesmith.data.pack import examples_per_row
 from tunesmith.data.prepare import load_prepared
 from tunesmith.data.write import read_meta
-from tunesmith.errors import ModelError
+from dataclasses import replace
+
+from tunesmith.errors import ConfigError, ModelError
 from tunesmith.hf import load_tokenizer
 from tunesmith.train import artifacts
 from tunesmith.train.arguments import training_arguments
@@ -31,6 +33,9 @@ from tunesmith.train.faults import FaultGuard, translated_faults
 from tunesmith.train.metrics import MetricsCallback
 from tunesmith.train.model import base_causal_lm, load_model
 from tunesmith.train.speedups import apply_speedups, prepare_for_saving
+from tunesmith.train.objectives import make_objective
+from tunesmith.train.preference import PAIR_COLUMNS, UNPAIRED_COLUMNS, PreferenceCollator, PreferenceTrainer, reference_source
+from tunesmith.train.reference import reference_columns
 from tunesmith.train.trainer import TunesmithTrainer
 
 TRAIN_COLUMNS = ["input_ids", "labels", "position_ids"]  # position_ids only in packed data
@@ -60,24 +65,44 @@ def train(cfg: Config) -> dict:
     trained_loss, varlen = speedups.uses("trained_positions_loss"), speedups.uses("varlen_attention")
     check_launch(args, trained_loss)
     batching = resolve_batching(cfg.data.batching, varlen)
-    collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free",
-                           segment_kwargs=varlen, count_real_tokens=True)
+    objective = make_objective(cfg.objective)
+    check_rows_kind(train_ds, objective, data_dir)
+    reference = reference_source(objective, cfg.model.trains_adapter, cfg.objective.reference)
+    if objective.data_kind:
+        if reference == "adapter_off" and not cfg.model.trains_adapter:
+            raise ConfigError("objective.reference: adapter_off needs an adapter, but model.method is full",
+                              "set objective.reference: precomputed (or auto), or model.method: lora")
+        collator = PreferenceCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free",
+                                      segment_kwargs=varlen)
+    else:
+        collator = PadCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free",
+                               segment_kwargs=varlen, count_real_tokens=True)
     layout = "packed" if cfg.data.packing else batching
-    per_row = examples_per_row(train_ds)
+    per_row = examples_per_row(train_ds) if not objective.data_kind else None
     if is_main_process():
         print(f"tunesmith: batches {layout}{packed_step(per_row, args.per_device_train_batch_size)}, "
               f"attention {attention}{' per example' if varlen else ''}, "
-              f"loss {'at trained positions' if trained_loss else 'from the model'}"
+              f"{objective_line(objective, reference, trained_loss)}"
               f"{f', {args.world_size} processes' if args.world_size > 1 else ''}; {speedups.line()}", file=sys.stderr)
     guard = FaultGuard(skip_nonfinite=cfg.model.nonfinite == "skip")  # signals, NaN/inf steps
     callbacks = [MarkCompleteCheckpoints(), guard]
     if cfg.model.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.model.early_stopping_patience))
-    trainer = TunesmithTrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
-                               train_dataset=training_columns(train_ds, args.train_sampling_strategy),
-                               eval_dataset=training_columns(eval_ds) if eval_ds is not None else None,
-                               eval_collator=PadCollator(pad_id=tokenizer.pad_token_id, segment_kwargs=varlen),
-                               callbacks=callbacks)
+    common = dict(model=model, args=args, data_collator=collator, processing_class=tokenizer,
+                  train_dataset=training_columns(train_ds, args.train_sampling_strategy),
+                  eval_dataset=training_columns(eval_ds) if eval_ds is not None else None, callbacks=callbacks)
+    if objective.data_kind:
+        trainer = PreferenceTrainer(**common, eval_collator=replace(collator, padding_free=False),
+                                    objective=objective, reference=reference)
+        if reference == "precomputed":  # one pass of the starting model, before any update
+            note = f"{args.bf16}-{cfg.data.max_length}"
+            trainer.train_dataset = with_columns(trainer.train_dataset, reference_columns(
+                model, trainer.train_dataset, collator, trainer, data_dir, note))
+            if trainer.eval_dataset is not None:
+                trainer.eval_dataset = with_columns(trainer.eval_dataset, reference_columns(
+                    model, trainer.eval_dataset, collator, trainer, cfg.eval_data or data_dir, note + "-eval"))
+    else:
+        trainer = TunesmithTrainer(**common, eval_collator=PadCollator(pad_id=tokenizer.pad_token_id, segment_kwargs=varlen))
     metrics = MetricsCallback(out / "metrics.jsonl", trainer.tokens, args.device)
     trainer.add_callback(metrics)
 
@@ -119,6 +144,8 @@ def train(cfg: Config) -> dict:
         "batching": layout, "examples_per_row": round(per_row, 2) if per_row else None,
         "attention": attention, "attention_per_example": varlen,
         "loss": "trained_positions" if trained_loss else "model",
+        "objective": objective.describe(), "reference": reference if objective.data_kind else None,
+        **preference_figures(metrics.records),
         "label_smoothing": args.label_smoothing_factor,
         "liger_kernels": args.use_liger_kernel, "speedups": speedups.as_dict(),
         "method": cfg.model.method, "bf16": args.bf16, "translated_from_seed": cfg.seed_compat,
@@ -151,6 +178,8 @@ def packed_step(per_row: float | None, batch: int) -> str:
 
 def training_columns(ds, sampling: str = "random"):
     """The columns the collator needs, plus `length` for length-grouped sampling."""
+    if "chosen_input_ids" in ds.column_names or "kl_input_ids" in ds.column_names:
+        return ds.select_columns([c for c in (*PAIR_COLUMNS, *UNPAIRED_COLUMNS) if c in ds.column_names])
     ds = ds.select_columns([c for c in TRAIN_COLUMNS if c in ds.column_names])
     if sampling in ("group_by_length", "batch_rebalance"):
         import pyarrow.compute as pc
@@ -166,6 +195,45 @@ def final_eval_loss(trainer: Trainer, records: list[dict]) -> float:
     if last is not None and last["step"] == trainer.state.global_step and not trainer.args.load_best_model_at_end:
         return last["eval_loss"]
     return trainer.evaluate()["eval_loss"]
+
+
+def check_rows_kind(ds, objective, data_dir: str) -> None:
+    """The prepared rows must be what the objective trains on (SFT rows, pairs, unpaired rows)."""
+    cols = set(ds.column_names)
+    found = "pairs" if "chosen_input_ids" in cols else ("unpaired" if "kl_input_ids" in cols else "")
+    if found != objective.data_kind:
+        names = {"": "SFT rows", "pairs": "preference pairs", "unpaired": "unpaired (KTO) rows"}
+        raise ConfigError(f"{data_dir} holds {names[found]}, but objective {objective.name} trains on {names[objective.data_kind]}",
+                          "run `tunesmith prep` again with this config's objective (or `tunesmith run`, which prepares first)")
+
+
+def objective_line(objective, reference: str, trained_loss: bool) -> str:
+    """The start line's words on what is optimised and where its inputs come from."""
+    if not objective.data_kind:
+        return f"loss {'at trained positions' if trained_loss else 'from the model'}"
+    where = {"adapter_off": "reference: the base with the adapter off", "precomputed": "reference: precomputed once before training",
+             "none": "reference-free"}[reference]
+    return f"objective {objective.describe()}, {where}, answer log-probs {'at answer positions only' if trained_loss else 'from full logits'}"
+
+
+def with_columns(ds, columns: dict[str, list[float]]):
+    for name, values in columns.items():
+        if name in ds.column_names:
+            ds = ds.remove_columns(name)
+        ds = ds.add_column(name, values)
+    return ds
+
+
+def preference_figures(records: list[dict]) -> dict:
+    """The last logged preference figures, for summary.json."""
+    keys = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
+            "eval_rewards/accuracies", "eval_rewards/margins")
+    out = {}
+    for key in keys:
+        last = next((r[key] for r in reversed(records) if key in r), None)
+        if last is not None:
+            out[key.replace("/", "_")] = last
+    return out
 
 
 def check_same_tokenizer(meta: dict | None, tokenizer, data_dir: str) -> None:

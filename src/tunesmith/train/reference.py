@@ -1,0 +1,93 @@
+"""Reference log-probs without a second model in memory.
+
+DPO, IPO and KTO compare the trained model with where it started. With an adapter the start is
+the same model with the adapter off (preference.py does that in each step). With every weight
+trained, the starting model's answer log-probs are computed here, once, before training, in one
+pass without gradients, and stored with the prepared data under `reference/<key>.npz`, the key a
+hash of the model's identity (where it was loaded from, its config and a sample of its weights)
+and the settings that change the values (dtype, autocast, max_length). A later run on the same
+data and model reads them back instead of computing them again.
+
+Under a launcher each process scores every N-th row and the values are gathered, so the pass
+costs 1/N of one process's time, and every process trains with the same values.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tunesmith.train.distributed import is_distributed, is_main_process
+from tunesmith.train.model import base_causal_lm
+
+BATCH_PAIRS = 8
+
+
+def model_key(model, dtype_note: str) -> str:
+    """A short hash of what the model is: its source, config, and a sample of every weight."""
+    lm = base_causal_lm(model)
+    h = hashlib.sha256()
+    h.update(str(getattr(lm.config, "_name_or_path", "")).encode())
+    h.update(json.dumps(lm.config.to_diff_dict(), sort_keys=True, default=str).encode())
+    h.update(dtype_note.encode())
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy()
+            h.update(name.encode())
+            h.update(sample.tobytes())
+    return h.hexdigest()[:16]
+
+
+def reference_columns(model, dataset, collator, trainer, data_dir: str | None, note: str) -> dict[str, list[float]]:
+    """{ref_chosen_logps, ref_rejected_logps} (pairs) or {ref_chosen_logps, ref_kl_logps}
+    (unpaired) of every row of `dataset`; read from the store when already computed."""
+    key = model_key(model, note)
+    path = Path(data_dir) / "reference" / f"{key}.npz" if data_dir and "://" not in data_dir else None
+    if path is not None and path.is_file():
+        stored = np.load(path)
+        if all(len(stored[k]) == len(dataset) for k in stored.files):
+            if is_main_process():
+                print(f"tunesmith: reference log-probs read from {path}", file=sys.stderr)
+            return {k: stored[k].tolist() for k in stored.files}
+    columns = compute(model, dataset, collator, trainer)
+    if path is not None and is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, **{k: np.asarray(v, np.float64) for k, v in columns.items()})
+        tmp.replace(path)  # complete or absent
+    return columns
+
+
+def compute(model, dataset, collator, trainer) -> dict[str, list[float]]:
+    world = dist.get_world_size() if is_distributed() else 1
+    rank = dist.get_rank() if is_distributed() else 0
+    mine = list(range(rank, len(dataset), world))
+    second = "ref_rejected_logps" if "chosen_input_ids" in dataset.column_names else "ref_kl_logps"
+    values: dict[int, tuple[float, float]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(mine), BATCH_PAIRS):
+            rows = mine[start:start + BATCH_PAIRS]
+            batch = trainer._prepare_inputs(collator([dataset[i] for i in rows]))
+            batch.pop("num_real_tokens", None)
+            with torch.no_grad(), trainer.compute_loss_context_manager():
+                logps, _ = trainer.sequence_logps(model, batch)
+            n = len(rows)
+            for j, i in enumerate(rows):
+                values[i] = (float(logps[j]), float(logps[n + j]))
+    finally:
+        model.train(was_training)
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, values)
+        values = {i: v for part in gathered for i, v in part.items()}
+    order = range(len(dataset))
+    return {"ref_chosen_logps": [values[i][0] for i in order], second: [values[i][1] for i in order]}
