@@ -8,10 +8,16 @@ from typing import Any
 from tunesmith.errors import ConfigError
 
 
+# Sections a config may give in a short form: `objective: dpo` is `objective: {name: dpo}`.
+SHORT_FORMS = {"objective": "name"}
+
+
 def set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw
     parts = key.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
+        if depth == 0 and part in SHORT_FORMS and isinstance(node.get(part), str):
+            node[part] = {SHORT_FORMS[part]: node[part]}
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"override {key}: {part} is not a section")

@@ -1,0 +1,141 @@
+"""Preference rows through prep: both sides rendered by the one render path, masked everywhere but
+the answer, prompts equal to the inference prompt, a pair kept, dropped or cut as one unit."""
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer
+
+from helpers import write_config, write_jsonl
+from test_chat_templates import tokenizer as template_tokenizer
+from tunesmith.cli import main
+from tunesmith.config.schema import DataConfig
+from tunesmith.data.pairs import PairRenderer, fit_pair
+from tunesmith.data.render import make_renderer
+from tunesmith.errors import DataError
+from tunesmith.hf import IGNORE
+
+FORMATS = ["plain", "alpaca", "chatml", "llama2", "user_assistant", "chat_template"]
+TEMPLATES = ["qwen2_5", "qwen3", "llama3_1", "mistral", "phi3"]
+text = st.text(alphabet=st.characters(codec="utf-8", blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(str.strip)
+
+
+def trained_run(labels):
+    """(first, end) of the trained positions, which must be one contiguous run."""
+    first = next(i for i, x in enumerate(labels) if x != IGNORE)
+    end = max(i for i, x in enumerate(labels) if x != IGNORE) + 1
+    assert all(x != IGNORE for x in labels[first:end]), "a masked token inside the answer"
+    return first, end
+
+
+def check_pair(pairs: PairRenderer, row: dict, sft_prompt_row: dict):
+    chosen, rejected = pairs.pair(row, 0)
+    prompt_ids, _ = pairs.renderer.prompt(sft_prompt_row)  # what inference prompts the model with
+    for side, answer in ((chosen, row["chosen"]), (rejected, row["rejected"])):
+        first, end = trained_run(side.labels)
+        assert side.ids[:first] == prompt_ids, "the masked prefix is not the inference prompt"
+        assert all(x == IGNORE for x in side.labels[end:]), "trained tokens after the answer's end"
+        answer_text = answer if isinstance(answer, str) else answer[-1]["content"]
+        decoded = pairs.renderer.tokenizer.decode(side.ids[first:end])
+        assert answer_text.strip() in decoded, (answer_text, decoded)
+    return chosen, rejected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=text, chosen=text, rejected=text, fmt=st.sampled_from(FORMATS), chat=st.booleans())
+def test_random_pairs_in_every_format_have_exact_masks(tok_dir, prompt, chosen, rejected, fmt, chat):
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    pairs = PairRenderer(make_renderer(DataConfig(prompt_format=fmt), tok))
+    if chat:
+        user = [{"role": "user", "content": prompt}]
+        row = {"chosen": [*user, {"role": "assistant", "content": chosen}],
+               "rejected": [*user, {"role": "assistant", "content": rejected}]}
+        check_pair(pairs, row, {"messages": user})
+    else:
+        check_pair(pairs, {"prompt": prompt, "chosen": chosen, "rejected": rejected}, {"prompt": prompt})
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("shape", ["prompt_list", "shared_prefix", "text_answers_with_list_prompt"])
+def test_real_chat_templates_multi_turn_pairs(name, shape):
+    pairs = PairRenderer(make_renderer(DataConfig(prompt_format="chat_template"), template_tokenizer(name)))
+    history = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
+               {"role": "user", "content": "Name a colour of the sky."}]
+    good, bad = "Blue, on a clear day.", "Potatoes."
+    if shape == "prompt_list":
+        row = {"prompt": history, "chosen": [{"role": "assistant", "content": good}], "rejected": [{"role": "assistant", "content": bad}]}
+    elif shape == "shared_prefix":
+        row = {"chosen": [*history, {"role": "assistant", "content": good}], "rejected": [*history, {"role": "assistant", "content": bad}]}
+    else:
+        row = {"prompt": history, "chosen": good, "rejected": bad}
+    chosen, rejected = pairs.pair(row, 0)
+    prompt_ids, _ = pairs.renderer.prompt({"messages": history})
+    for side, answer in ((chosen, good), (rejected, bad)):
+        first, end = trained_run(side.labels)
+        assert side.ids[:first] == prompt_ids
+        assert answer in pairs.renderer.tokenizer.decode(side.ids[first:end])
+
+
+def test_sides_with_different_prompts_empty_sides_and_missing_prompts_are_row_errors(tok_dir):
+    pairs = PairRenderer(make_renderer(DataConfig(prompt_format="chatml"), AutoTokenizer.from_pretrained(tok_dir)))
+    a = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "x"}]
+    b = [{"role": "user", "content": "two"}, {"role": "assistant", "content": "y"}]
+    with pytest.raises(DataError, match="different prompts"):
+        pairs.pair({"chosen": a, "rejected": b}, 3)
+    with pytest.raises(DataError, match="row 4: field 'rejected' is empty"):
+        pairs.pair({"prompt": "p", "chosen": "x", "rejected": "  "}, 4)
+    with pytest.raises(DataError, match="no `prompt`"):
+        pairs.pair({"chosen": "x", "rejected": "y"}, 5)
+    with pytest.raises(DataError, match="'label' must be true or false"):
+        pairs.single({"prompt": "p", "completion": "x", "label": "yes"}, 6)
+
+
+def test_a_pair_is_cut_as_one_unit(tok_dir):
+    pairs = PairRenderer(make_renderer(DataConfig(prompt_format="plain"), AutoTokenizer.from_pretrained(tok_dir)))
+    chosen, rejected = pairs.pair({"prompt": "the sky is blue " * 6, "chosen": "blue", "rejected": "red and green and blue " * 3}, 0)
+    limit = len(rejected.ids) - 5
+    enc_c, enc_r, drop = fit_pair(chosen, rejected, limit, "truncate", pairs.renderer, 0)
+    assert drop == "" and enc_c.cut == enc_r.cut == "prompt"
+    assert max(len(enc_c.input_ids), len(enc_r.input_ids)) == limit
+    first_c, first_r = trained_run(enc_c.labels)[0], trained_run(enc_r.labels)[0]
+    assert enc_c.input_ids[:first_c] == enc_r.input_ids[:first_r], "both sides keep the same prompt tokens"
+    assert enc_c.labels[first_c:] == chosen.labels[-(len(enc_c.labels) - first_c):], "the answers are whole"
+    _, _, drop = fit_pair(chosen, rejected, limit, "drop", pairs.renderer, 0)
+    assert drop == "too_long"
+
+
+def test_prep_counts_pairs_by_reason_and_refuses_pairs_for_sft(tmp_path, tok_dir, capsys):
+    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
+    rows += [{"prompt": "same", "chosen": "x", "rejected": "x"}, {"prompt": "long " * 80, "chosen": "a", "rejected": "b"},
+             {"prompt": "empty", "chosen": "a", "rejected": ""}]
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = {"name": "p", "base_model": str(tok_dir), "output_dir": str(tmp_path / "out"), "objective": "dpo",
+           "data": {"train": {"data_files": str(tmp_path / "pairs.jsonl")}, "max_length": 40, "bad_rows": "skip"}}
+    assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    report = json.loads((tmp_path / "out" / "data" / "prep_report.json").read_text())
+    train = report["splits"]["train"]
+    assert report["rows_kind"] == "pairs" and train["rows_read"] == 9 and train["rows_kept"] == 6
+    assert {k: v["rows"] for k, v in train["dropped"].items()} == {"identical_sides": [6], "too_long": [7], "bad_row": [8]}
+    cfg["objective"] = "sft"
+    assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 2
+    assert "preference pairs (chosen, rejected), but the objective is sft" in capsys.readouterr().err
+    cfg["objective"], cfg["data"]["packing"] = "dpo", True
+    assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 2
+    assert "data.packing" in capsys.readouterr().err
+
+
+def test_unpaired_rows_get_a_mismatched_row_each(tmp_path, tok_dir):
+    rows = [{"prompt": f"q{i} ", "completion": f"answer {i}", "label": i % 2 == 0} for i in range(4)]
+    write_jsonl(tmp_path / "kto.jsonl", rows)
+    cfg = {"name": "k", "base_model": str(tok_dir), "output_dir": str(tmp_path / "out"), "objective": "kto",
+           "data": {"train": {"data_files": str(tmp_path / "kto.jsonl")}, "max_length": 40}}
+    assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(tmp_path / "out" / "data"))["train"]
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    assert ds["label"] == [True, False, True, False]
+    for i in range(4):
+        kl = tok.decode(ds[i]["kl_input_ids"])
+        assert kl.startswith(f"q{i} ") and f"answer {(i + 1) % 4}" in kl

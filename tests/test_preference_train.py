@@ -1,0 +1,143 @@
+"""Preference training end to end on tiny random Llamas: answer log-probs equal the model's own,
+the reference is the starting model (adapter off, or precomputed once and reused), every
+objective trains, padding-free equals padded, and 2 processes give the 1-process update."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from helpers import write_config, write_jsonl
+from test_distributed import torchrun
+from tunesmith.cli import main
+from tunesmith.hf import IGNORE
+from tunesmith.train.loss import use_trained_positions_loss
+from tunesmith.train.preference import PreferenceCollator
+from tunesmith.train.sequence_logps import logps_from_logits
+
+QUESTIONS = [("color of the sky?", "blue", "green"), ("capital of France?", "Paris", "Rome"), ("2+2?", "4", "5"),
+             ("opposite of hot?", "cold", "warm"), ("first letter?", "A", "Z"), ("largest planet?", "Jupiter", "Mars"),
+             ("frozen water?", "ice", "steam"), ("fox says?", "unknown", "moo")]
+PAIRS = [{"prompt": f"Q: {q}\nA: ", "chosen": good, "rejected": bad} for q, good, bad in QUESTIONS]
+LORA = {"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+
+
+def setup(tmp_path, base, objective="dpo", model=None, rows=PAIRS, **training):
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = {"name": "pref", "base_model": str(base), "output_dir": "out", "objective": objective,
+           "data": {"train": {"data_files": "pairs.jsonl"}, "max_length": 64},
+           "model": model or {},
+           "training": {"max_steps": 12, "learning_rate": 3e-3, "per_device_train_batch_size": 4, "logging_steps": 1,
+                        "save_strategy": "no", "disable_tqdm": True, "bf16": False, **training}}
+    return write_config(tmp_path / "cfg.yaml", cfg)
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_answer_logps_at_answer_positions_equal_the_models_full_logits_with_gradients(tiny_llama):
+    torch.manual_seed(0)
+    features = [{"chosen_input_ids": [1, 5, 6, 7, 8], "chosen_labels": [IGNORE, IGNORE, IGNORE, 7, 8],
+                 "rejected_input_ids": [1, 5, 6, 9, 10, 11], "rejected_labels": [IGNORE, IGNORE, IGNORE, 9, 10, 11]},
+                {"chosen_input_ids": [1, 12, 13], "chosen_labels": [IGNORE, IGNORE, 13],
+                 "rejected_input_ids": [1, 12, 14, 15], "rejected_labels": [IGNORE, IGNORE, 14, 15]}]
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    fast = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    assert use_trained_positions_loss(fast)
+    padded = PreferenceCollator(pad_id=0, padding_free=False, count_real_tokens=False)(features)
+    packed = PreferenceCollator(pad_id=0, padding_free=True, count_real_tokens=False)(features)
+    want, want_tokens = logps_from_logits(plain(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits,
+                                          padded["labels"], None, IGNORE)
+    got = fast(input_ids=packed["input_ids"], labels=packed["labels"], position_ids=packed["position_ids"], score_sequences=True)
+    assert torch.allclose(got.logps[:4], want, atol=1e-5) and torch.equal(got.tokens[:4], want_tokens)
+    assert want_tokens.tolist() == [2, 1, 3, 2]  # chosen, chosen, rejected, rejected
+    weights = torch.tensor([0.3, -1.0, 2.0, 0.5])
+    (want * weights).sum().backward()
+    (got.logps[:4] * weights).sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("model", [LORA, {}], ids=["lora_adapter_off", "full_precomputed"])
+def test_dpo_starts_at_log2_learns_the_preference_and_reports_it(tmp_path, tiny_llama, model, capsys):
+    cfg = setup(tmp_path, tiny_llama, model=model, learning_rate=1e-2 if model else 3e-3, max_steps=20,
+                per_device_train_batch_size=8)
+    assert main(["run", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert ("the base with the adapter off" if model else "precomputed once before training") in err
+    logs = [r for r in records(tmp_path / "out") if "loss" in r]
+    # At the first step the policy is the reference: every pair's loss is log 2, the margins 0.
+    assert logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and logs[0]["rewards/margins"] == pytest.approx(0, abs=1e-5)
+    assert logs[-1]["loss"] < 0.8 * math.log(2) and logs[-1]["rewards/accuracies"] == 1.0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["objective"].startswith("dpo") and summary["reference"] == ("adapter_off" if model else "precomputed")
+    assert summary["rewards_accuracies"] == 1.0 and summary["rewards_margins"] > 0
+    stored = list((tmp_path / "out" / "data" / "reference").glob("*.npz"))
+    assert len(stored) == (0 if model else 1)
+    if not model:  # a second run on the same data and model reads the stored values
+        assert main(["train", str(cfg)]) == 0
+        assert "reference log-probs read from" in capsys.readouterr().err
+        assert [r["loss"] for r in records(tmp_path / "out") if "loss" in r][0] == pytest.approx(math.log(2), abs=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["ipo", "simpo", "orpo"])
+def test_reference_free_and_other_pair_objectives_learn(tmp_path, tiny_llama, objective):
+    cfg = setup(tmp_path, tiny_llama, objective=objective, max_steps=16)
+    assert main(["run", str(cfg)]) == 0
+    logs = [r for r in records(tmp_path / "out") if "loss" in r]
+    assert logs[-1]["loss"] < logs[0]["loss"] and logs[-1]["rewards/margins"] > logs[0]["rewards/margins"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["reference"] == ("precomputed" if objective == "ipo" else "none")
+
+
+def test_kto_on_unpaired_rows_learns(tmp_path, tiny_llama):
+    rows = [r for p in PAIRS for r in ({"prompt": p["prompt"], "completion": p["chosen"], "label": True},
+                                       {"prompt": p["prompt"], "completion": p["rejected"], "label": False})]
+    cfg = setup(tmp_path, tiny_llama, objective="kto", model=LORA, rows=rows, max_steps=16, learning_rate=1e-2,
+                per_device_train_batch_size=8)
+    assert main(["run", str(cfg)]) == 0
+    logs = [r for r in records(tmp_path / "out") if "loss" in r]
+    assert logs[0]["loss"] == pytest.approx(0.5, abs=1e-5)  # 1 - sigmoid(0) for every row at the start
+    assert logs[-1]["loss"] < 0.48 and logs[-1]["rewards/chosen"] > logs[-1]["rewards/rejected"] + 0.1
+
+
+def test_padding_free_batches_give_the_padded_update(tmp_path, tiny_llama):
+    outs = {}
+    for batching in ("padding_free", "padded"):
+        folder = tmp_path / batching
+        cfg = setup(folder, tiny_llama, max_steps=3, optim="sgd", learning_rate=0.5)
+        assert main(["run", str(cfg), f"data.batching={batching}"]) == 0
+        outs[batching] = load_file(folder / "out" / "final" / "model.safetensors")
+    a, b = outs.values()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_wrong_rows_for_the_objective_and_adapter_off_without_adapter_are_refused(tmp_path, tiny_llama, capsys):
+    cfg = setup(tmp_path, tiny_llama)
+    assert main(["prep", str(cfg)]) == 0
+    assert main(["train", str(cfg), "objective=kto"]) == 2
+    assert "holds preference pairs, but objective kto trains on unpaired (KTO) rows" in capsys.readouterr().err
+    assert main(["train", str(cfg), "objective.reference=adapter_off"]) == 2
+    assert "adapter_off needs an adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", [LORA, {}], ids=["lora", "full"])
+def test_two_processes_give_the_one_process_dpo_update(tmp_path, tiny_llama, model):
+    common = dict(max_steps=3, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=1e9,
+                  per_device_train_batch_size=2)
+    two = setup(tmp_path / "two", tiny_llama, model=model, **common)
+    result = torchrun(["-m", "tunesmith.cli", "run", str(two)], cwd=str(tmp_path / "two"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = setup(tmp_path / "one", tiny_llama, model=model, gradient_accumulation_steps=2, **common)
+    assert main(["run", str(one)]) == 0
+    name = "adapter_model.safetensors" if model else "model.safetensors"
+    a, b = (load_file(tmp_path / side / "out" / "final" / name) for side in ("two", "one"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    start = load_file(tiny_llama / "model.safetensors")
+    if not model:
+        assert max((a[k] - start[k]).abs().max().item() for k in a if k in start) > 1e-3  # it trained
+    two_logs, one_logs = ([r for r in records(tmp_path / s / "out") if "loss" in r] for s in ("two", "one"))
+    assert [r["loss"] for r in two_logs] == pytest.approx([r["loss"] for r in one_logs], abs=1e-6)
+    assert [r["rewards/margins"] for r in two_logs] == pytest.approx([r["rewards/margins"] for r in one_logs], abs=1e-5)
