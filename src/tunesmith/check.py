@@ -92,17 +92,25 @@ def _sample_report(cfg: Config, setup, split: str, ds, sample_rows: int) -> dict
     where = f"data.{split} ({describe_source(d.eval if split == 'eval' and d.eval else d.train)})"
     if len(ds) == 0:
         return {"rows": 0, "problems": [f"{where}: the source has no rows"]}
+    kind = cfg.objective.data_kind  # preference rows: prep's pair processing
     try:
-        row_format = dataset_format(d.format, ds.column_names, d.columns, setup.preprocess is not None)
+        row_format = "" if kind else dataset_format(d.format, ds.column_names, d.columns, setup.preprocess is not None)
     except TunesmithError as e:
         return {"rows": len(ds), "problems": [f"{where}: {e}"]}
     step = max(1, len(ds) // sample_rows)
     sample = ds.select(range(0, len(ds), step)[:sample_rows])
     lenient = d.model_copy(update={"bad_rows": "skip", "overlength": "drop" if d.overlength == "error" else d.overlength})
-    processor = RowProcessor(dataclasses.replace(setup, data=lenient), row_format)
+    if kind:
+        from tunesmith.data.pair_rows import PairProcessor
+        from tunesmith.data.pairs import PairRenderer
+
+        processor = PairProcessor(PairRenderer(dataclasses.replace(setup, data=lenient)), kind)
+        features = processor.features
+    else:
+        processor, features = RowProcessor(dataclasses.replace(setup, data=lenient), row_format), OUTPUT_FEATURES
     disable_progress_bars()
     try:
-        out = sample.map(processor, batched=True, features=OUTPUT_FEATURES, keep_in_memory=True, load_from_cache_file=False,
+        out = sample.map(processor, batched=True, features=features, keep_in_memory=True, load_from_cache_file=False,
                          remove_columns=[c for c in sample.column_names if c != ROW])
     finally:
         enable_progress_bars()

@@ -86,6 +86,15 @@ class ObjectiveConfig(_Strict):
     def _short_form(cls, data):
         return {"name": data} if isinstance(data, str) else data
 
+    @model_validator(mode="after")
+    def _keys_of_this_objective(self) -> ObjectiveConfig:
+        if self.label_smoothing and self.name not in ("dpo", "simpo"):
+            raise ValueError(f"label_smoothing applies to dpo and simpo, not {self.name}: remove it")
+        if self.reference != "auto" and not self.needs_reference:
+            raise ValueError(f"reference: {self.name} has no reference model ({'reference-free' if self.name != 'sft' else 'sft'}): "
+                             "remove it")
+        return self
+
     @property
     def on_pairs(self) -> bool:
         return self.name in PAIR_OBJECTIVES

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.text import Text
 
 from tunesmith.config.schema import Config
+from tunesmith.data.pairs import PairRenderer, fit_pair
 from tunesmith.data.rows import ROW, RowProcessor, dataset_format, render_setup
 from tunesmith.data.sources import load_source
 from tunesmith.data.tokenize import encode_batch, fit_length
@@ -27,7 +28,8 @@ def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dic
         raise ConfigError("data.train: required key is missing", "preview shows rows of the training source")
     ds = load_source(d.train, "data.train")
     ds = ds.select(range(min(n, len(ds))))
-    processor = RowProcessor(renderer, dataset_format(d.format, ds.column_names, d.columns, renderer.preprocess is not None))
+    processor = None if cfg.objective.data_kind else \
+        RowProcessor(renderer, dataset_format(d.format, ds.column_names, d.columns, renderer.preprocess is not None))
     shown = []
     colour = console.is_terminal and not console.no_color
     if not colour:
@@ -35,11 +37,39 @@ def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dic
     else:
         console.print("(trained tokens in bold: answers green, tool calls magenta, reasoning yellow; "
                       "masked ones dim, tool results cyan)")
+    if cfg.objective.data_kind:  # preference rows: each side as training renders it
+        return preview_pairs(console, renderer, ds, cfg.objective.data_kind, colour)
     for i, row in enumerate(ds):
         examples, _ = processor.render({k: v for k, v in row.items() if k != ROW}, i)
         for part, segments in enumerate(examples):
             label = f"row {i}" + (f", turn example {part + 1} of {len(examples)}" if len(examples) > 1 else "")
             shown.append({"row": i, "part": part, **show_example(console, tokenizer, specials, segments, d, label, colour, i)})
+    return shown
+
+
+def preview_pairs(console: Console, renderer, ds, kind: str, colour: bool) -> list[dict]:
+    """Both sides of each pair (or the one side and its label of an unpaired row), with the length
+    policy applied to the pair as prep applies it."""
+    pairs, d, shown = PairRenderer(renderer), renderer.data, []
+    for i, row in enumerate(ds):
+        row = {k: v for k, v in row.items() if k != ROW}
+        if kind == "pairs":
+            chosen, rejected = pairs.pair(row, i)
+            enc_c, enc_r, drop = fit_pair(chosen, rejected, d.max_length, "truncate" if d.overlength == "truncate" else "drop",
+                                          renderer, i)
+            sides = [("chosen", enc_c), ("rejected", enc_r)]
+        else:
+            side, label = pairs.single(row, i)
+            enc = fit_length(side.ids, side.labels, d.max_length, "truncate" if d.overlength == "truncate" else "drop",
+                             renderer.specials, i)
+            drop, sides = enc.drop, [("desirable" if label else "undesirable", enc)]
+        for name, enc in sides:
+            trained = sum(1 for x in enc.labels if x != IGNORE)
+            note = f"  [red]dropped: {drop}[/red]" if drop else ""
+            note += f"  [yellow]cut: {enc.cut}[/yellow]" if enc.cut else ""
+            console.rule(f"row {i}, {name}: {len(enc.input_ids)} tokens, {trained} trained{note}")
+            console.print(highlight(renderer.tokenizer, enc.input_ids, enc.labels, colour), soft_wrap=True)
+            shown.append({"row": i, "side": name, "tokens": len(enc.input_ids), "trained": trained, "drop": drop, "cut": enc.cut})
     return shown
 
 

@@ -28,6 +28,7 @@ from tunesmith.hf import IGNORE
 from tunesmith.infer.generate import generate
 from tunesmith.infer.load import load_for_inference
 from tunesmith.infer.metrics import exact_match, rouge_l
+from tunesmith.infer.preference_eval import is_pair_rows, pair_scores, preference_metrics
 from tunesmith.infer.settings import inference_config
 
 
@@ -47,16 +48,21 @@ def evaluate(cfg: Config | None, model_path: str | None = None, label: str | Non
     renderer = make_renderer(cfg.data, tokenizer, where=cfg.user_key("data.preprocessing_fn"))
     result: dict = {"label": label, "model": model_path or cfg.base_model}
 
+    predictions: list[dict] = []
     if data_file:
         rows = file_rows(data_file, max_rows)
-        scored = training_rows(renderer, rows, data_file)
+        scored = None if is_pair_rows(rows, renderer) else training_rows(renderer, rows, data_file)
     else:
         scored, rows = prepared_eval(cfg), held_out_rows(cfg, max_rows)
-    if scored is not None:
+    if is_pair_rows(rows, renderer):  # preference pairs: which answer the model prefers; nothing to generate
+        scores = pair_scores(model, renderer, rows, batch_size)
+        result.update(preference_metrics(scores))
+        predictions = [{"row": row.get(ROW, i), **s} for i, (row, s) in enumerate(zip(rows, scores))]
+        rows, scored = [], None
+    if scored is not None and "input_ids" in scored.column_names:  # prepared pairs have no token loss
         loss, tokens = token_loss(model, scored, tokenizer.pad_token_id)
         result.update(eval_loss=round(loss, 4), perplexity=round(math.exp(min(loss, 50)), 3), eval_tokens=tokens)
 
-    predictions = []
     if rows:
         answers = generate(model, tokenizer, renderer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            show_progress=True)
@@ -159,6 +165,8 @@ def choice_scores(model, tokenizer, renderer: Renderer, row: dict) -> list[float
 
 
 COLUMNS = [("eval_loss", "eval loss", "{:.3f}"), ("perplexity", "perplexity", "{:.2f}"),
+           ("preference_accuracy", "preference accuracy", "{:.1%}"), ("logp_margin", "log-prob margin", "{:+.3f}"),
+           ("logp_margin_per_token", "margin per token", "{:+.4f}"),
            ("choice_accuracy", "choice accuracy", "{:.1%}"), ("exact_match", "exact match", "{:.1%}"),
            ("rouge_l", "ROUGE-L", "{:.3f}")]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tunesmith.config.schema import Config
 from tunesmith.ship.facts import example_rows, run_facts
+from tunesmith.train.stages import read_stages
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "imagefolder", "audiofolder"}
@@ -111,6 +112,9 @@ def body(cfg: Config, facts: dict, examples: list[dict], is_adapter: bool, folde
     parts = [f"# {cfg.name}\n",
              f"Fine-tuned from `{cfg.base_model}` with tunesmith "
              f"({'LoRA adapter' if is_adapter else 'full weights'}; method `{cfg.model.method}`).\n"]
+    stages = read_stages(folder)
+    if len(stages) > 1:
+        parts.append(stages_section(stages))
     if prep:
         parts.append(data_section(prep))
     parts.append(prompt_section(cfg, examples, tokenizer))
@@ -165,13 +169,24 @@ def fence(text: str) -> str:
     return f"{ticks}text\n{text}\n{ticks}"
 
 
+def stages_section(stages: list[dict]) -> str:
+    """The recipe, step by step: e.g. SFT on instructions, then DPO on preference pairs."""
+    lines = ["## Training stages\n"]
+    for i, st in enumerate(stages, 1):
+        beta = f", beta {st['beta']:g}" if "beta" in st else ""
+        lines.append(f"{i}. `{st.get('objective', '?')}`{beta} ({st.get('method', '?')}) on {st.get('data', '?')}, "
+                     f"from `{st.get('base_model', '?')}` (run `{st.get('run', '?')}`)")
+    return "\n".join(lines) + "\n"
+
+
 def training_section(cfg: Config, s: dict) -> str:
     """The hyper-parameters the Trainer ran with: tunesmith's defaults filled in, as train/ resolves them."""
     from tunesmith.train.arguments import training_arguments
 
     args = training_arguments(cfg, has_eval=s.get("eval_loss") is not None)
     length = f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
-    rows = [("method", cfg.model.method), ("length", length), ("learning rate", f"{args.learning_rate:g}"),
+    rows = [("objective", s.get("objective")), ("reference", s.get("reference")),
+            ("method", cfg.model.method), ("length", length), ("learning rate", f"{args.learning_rate:g}"),
             ("schedule", f"{args.lr_scheduler_type.value}, {args.warmup_steps} warm-up steps"),
             ("batch size x accumulation", f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps}"),
             ("weight decay", args.weight_decay), ("max_length", cfg.data.max_length), ("packing", cfg.data.packing),
@@ -189,14 +204,21 @@ def results_section(s: dict, evals: list[dict], has_plot: bool) -> str:
     lines = ["## Results\n"]
     if s.get("first_loss") is not None:
         lines.append(f"Train loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}"
-                     + (f"; eval loss {s['eval_loss']:.4f} (perplexity {s['eval_perplexity']:.3f})" if s.get("eval_loss") is not None else "")
+                     + (f"; eval loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else "")
+                     + (f" (perplexity {s['eval_perplexity']:.3f})" if s.get("eval_perplexity") is not None else "")
                      + ".\n")
+    if s.get("rewards_accuracies") is not None:
+        lines.append(f"Preference accuracy {s['rewards_accuracies']:.1%}, reward margin {s['rewards_margins']:.4f} at the "
+                     "last logged step" + (f"; held out: {s['eval_rewards_accuracies']:.1%}, margin "
+                                             f"{s['eval_rewards_margins']:.4f}" if s.get("eval_rewards_accuracies") is not None
+                                             else "") + ".\n")
     if has_plot:
         lines.append("![loss curve](loss.png)\n")
     if evals:
         cols = [("eval_loss", "eval loss", "{:.4f}"), ("perplexity", "perplexity", "{:.3f}"),
                 ("choice_accuracy", "choice accuracy", "{:.1%}"), ("exact_match", "exact match", "{:.1%}"),
-                ("rouge_l", "ROUGE-L", "{:.4f}")]
+                ("rouge_l", "ROUGE-L", "{:.4f}"), ("preference_accuracy", "preference accuracy", "{:.1%}"),
+                ("logp_margin", "log-prob margin", "{:+.3f}")]
         cols = [c for c in cols if any(c[0] in e for e in evals)]
         lines += ["| model | rows | " + " | ".join(title for _, title, _ in cols) + " |", "|---" * (len(cols) + 2) + "|"]
         for e in evals:

@@ -74,6 +74,11 @@ def run_section(s: dict | None) -> str:
             ("tokens_per_second", "tokens/s", "{:,}"), ("trained_tokens_per_second", "trained tokens/s", "{:,}"),
             ("first_loss", "first train loss", "{:.4f}"), ("final_loss", "final train loss", "{:.4f}"),
             ("eval_loss", "eval loss", "{:.4f}"), ("eval_perplexity", "eval perplexity", "{:.3f}"),
+            ("objective", "objective", "{}"), ("reference", "reference", "{}"),
+            ("rewards_accuracies", "preference accuracy (train, last log)", "{:.1%}"),
+            ("rewards_margins", "reward margin (train, last log)", "{:.4f}"),
+            ("eval_rewards_accuracies", "preference accuracy (eval)", "{:.1%}"),
+            ("eval_rewards_margins", "reward margin (eval)", "{:.4f}"),
             ("peak_rss_mb", "peak RSS (MB)", "{:,}"), ("peak_gpu_mb", "peak GPU memory (MB)", "{:,}"),
             ("loss", "loss", "{}"), ("batching", "batching", "{}"), ("attention", "attention", "{}"),
             ("attention_per_example", "attention per example", "{}"), ("liger_kernels", "Liger kernels", "{}"),
@@ -120,8 +125,10 @@ def split_lengths(data_dir: Path) -> dict[str, list[int]]:
     found = {}
     for split in ("train", "eval"):
         if (data_dir / split).is_dir():
-            column = load_from_disk(str(data_dir / split)).with_format("arrow")[:]["input_ids"]
-            found[split] = pc.list_value_length(column).to_pylist()
+            table = load_from_disk(str(data_dir / split)).with_format("arrow")[:]
+            # preference pairs: both sides' lengths
+            columns = [c for c in ("input_ids", "chosen_input_ids", "rejected_input_ids") if c in table.column_names]
+            found[split] = [n for c in columns for n in pc.list_value_length(table[c]).to_pylist()]
     return found
 
 
@@ -154,11 +161,14 @@ def eval_section(evals: list[dict]) -> str:
         return ""
     cols = [(k, t, f) for k, t, f in [("eval_loss", "eval loss", "{:.4f}"), ("perplexity", "perplexity", "{:.3f}"),
                                       ("choice_accuracy", "choice accuracy", "{:.1%}"), ("exact_match", "exact match", "{:.1%}"),
-                                      ("rouge_l", "ROUGE-L", "{:.4f}"), ("rows", "rows", "{}")] if any(k in e for e in evals)]
+                                      ("rouge_l", "ROUGE-L", "{:.4f}"), ("rows", "rows", "{}"),
+                                      ("preference_accuracy", "preference accuracy", "{:.1%}"),
+                                      ("logp_margin", "log-prob margin", "{:+.3f}"), ("pairs", "pairs", "{}")]
+            if any(k in e for e in evals)]
     rows = [f"<td class=l>{esc(e['label'])}</td>" + "".join(f"<td>{esc(f.format(e[k]) if k in e else '-')}</td>" for k, _, f in cols)
             for e in evals]
     out = "<h2>Evaluation</h2>" + table(["model", *[t for _, t, _ in cols]], rows)
-    if len(evals) >= 2:
+    if len(evals) >= 2 and all("prediction" in p for e in (evals[0], evals[-1]) for p in e["predictions"]):
         before, after = evals[0], evals[-1]
         old = {p["row"]: p for p in before["predictions"]}
         changed = [(old[p["row"]], p) for p in after["predictions"] if p["row"] in old and old[p["row"]]["prediction"] != p["prediction"]]

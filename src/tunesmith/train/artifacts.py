@@ -14,6 +14,7 @@ from tunesmith.errors import ConfigError, OutputError
 from tunesmith.hf import complete_folder, save_folder
 from tunesmith.train.distributed import barrier, is_distributed, is_main_process
 from tunesmith.train.metrics import read_metrics
+from tunesmith.train.stages import STAGES_FILE, stages_text
 
 
 def save_final(trainer, tokenizer, out: Path, cfg: Config) -> Path:
@@ -52,8 +53,9 @@ def save_merged(trainer, tokenizer, out: Path, cfg: Config) -> Path:
 
 def model_files(cfg: Config) -> dict[str, str]:
     """What every model folder of a run carries besides weights and tokenizer: the prompt settings,
-    so eval, generate and chat prompt the model as it was trained without the config."""
-    return {PROMPT_FILE: settings_text(cfg.data, cfg.train_data or cfg.resolved_data_dir())}
+    so eval, generate and chat prompt the model as it was trained without the config; and the
+    training stages (SFT, then preference tuning) it went through."""
+    return {PROMPT_FILE: settings_text(cfg.data, cfg.train_data or cfg.resolved_data_dir()), STAGES_FILE: stages_text(cfg)}
 
 
 def write_run_config(cfg: Config, out: Path) -> None:

@@ -11,8 +11,8 @@ from transformers import TrainerCallback
 
 
 class MetricsCallback(TrainerCallback):
-    def __init__(self, path: Path, tokens, device):
-        self.path = path
+    def __init__(self, path: Path, tokens, device, perplexity: bool = True):
+        self.path, self.perplexity = path, perplexity  # perplexity: of a token loss (not a preference loss)
         self.tokens = tokens  # a trainer.TokenCounter
         self.device = device
         self.started = time.perf_counter()
@@ -28,7 +28,7 @@ class MetricsCallback(TrainerCallback):
         if logs is None:
             return
         elapsed = time.perf_counter() - self.started
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and self.perplexity:
             logs["eval_perplexity"] = round(math.exp(min(logs["eval_loss"], 50)), 3)
         if "loss" in logs:  # every process logs the training loss at the same steps: sum the counts there
             trained, real = self.tokens.totals(self.device)

@@ -13,6 +13,7 @@ costs 1/N of one process's time, and every process trains with the same values.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 from tunesmith.train.distributed import is_distributed, is_main_process
 from tunesmith.train.model import base_causal_lm
@@ -65,6 +67,15 @@ def reference_columns(model, dataset, collator, trainer, data_dir: str | None, n
     return columns
 
 
+def training_precision(args, model):
+    """The autocast training runs under (accelerate applies it once the Trainer prepares the
+    model; the reference pass comes before that), so the reference is the step-0 policy exactly."""
+    device = next(model.parameters()).device.type
+    if args.bf16 or args.fp16:
+        return torch.autocast(device, dtype=torch.bfloat16 if args.bf16 else torch.float16)
+    return contextlib.nullcontext()
+
+
 def compute(model, dataset, collator, trainer) -> dict[str, list[float]]:
     world = dist.get_world_size() if is_distributed() else 1
     rank = dist.get_rank() if is_distributed() else 0
@@ -73,12 +84,14 @@ def compute(model, dataset, collator, trainer) -> dict[str, list[float]]:
     values: dict[int, tuple[float, float]] = {}
     was_training = model.training
     model.eval()
+    starts = range(0, len(mine), BATCH_PAIRS)
+    shown = is_main_process() and not trainer.args.disable_tqdm
     try:
-        for start in range(0, len(mine), BATCH_PAIRS):
+        for start in tqdm(starts, desc="reference log-probs", unit="batch", disable=not shown):
             rows = mine[start:start + BATCH_PAIRS]
             batch = trainer._prepare_inputs(collator([dataset[i] for i in rows]))
             batch.pop("num_real_tokens", None)
-            with torch.no_grad(), trainer.compute_loss_context_manager():
+            with torch.no_grad(), training_precision(trainer.args, model):
                 logps, _ = trainer.sequence_logps(model, batch)
             n = len(rows)
             for j, i in enumerate(rows):

@@ -103,7 +103,7 @@ def train(cfg: Config) -> dict:
                     model, trainer.eval_dataset, collator, trainer, cfg.eval_data or data_dir, note + "-eval"))
     else:
         trainer = TunesmithTrainer(**common, eval_collator=PadCollator(pad_id=tokenizer.pad_token_id, segment_kwargs=varlen))
-    metrics = MetricsCallback(out / "metrics.jsonl", trainer.tokens, args.device)
+    metrics = MetricsCallback(out / "metrics.jsonl", trainer.tokens, args.device, perplexity=not objective.data_kind)
     trainer.add_callback(metrics)
 
     resume = resume_point(cfg.model.resume, args.output_dir, args)
@@ -138,7 +138,7 @@ def train(cfg: Config) -> dict:
         "tokens_per_second": round(tokens / runtime, 1),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "train_loss": result.metrics.get("train_loss"), "eval_loss": eval_loss,
-        "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None else None,
+        "eval_perplexity": math.exp(min(eval_loss, 50)) if eval_loss is not None and not objective.data_kind else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "batching": layout, "examples_per_row": round(per_row, 2) if per_row else None,
