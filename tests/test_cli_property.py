@@ -103,12 +103,16 @@ def test_every_command_ends_in_success_or_one_message(tmp_path_factory, model_di
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "afile").write_text("x")
     (tmp / "folder").mkdir()
-    write_jsonl(tmp / "t.jsonl", [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(4)])
+    shapes = {"sft": [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(4)],
+              "pairs": [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(4)],
+              "unpaired": [{"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0} for i in range(4)]}
+    write_jsonl(tmp / "t.jsonl", shapes[data.draw(st.sampled_from(sorted(shapes)), label="rows")])
     (tmp / "prompts.txt").write_text("hello\n")
     command = data.draw(st.sampled_from(COMMANDS), label="command")
     cfg: dict = {"base_model": str(model_dir), "output_dir": str(tmp / "out"),
                  "data": {"train": {"data_files": "t.jsonl"}, "max_length": 64},
                  "model": {"method": data.draw(st.sampled_from(["full", "lora"]), label="method")},
+                 "objective": data.draw(st.sampled_from(["sft", "dpo", "ipo", "simpo", "orpo", "kto"]), label="objective"),
                  "training": {"max_steps": 1, "logging_steps": 1, "save_steps": 1000, "report_to": "none"}}
     for key in data.draw(st.lists(st.sampled_from(KEYS), max_size=3, unique=True), label="keys"):
         own = typed(TYPES[key])  # mostly values of the key's own type, so runs get past validation

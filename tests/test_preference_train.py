@@ -141,3 +141,36 @@ def test_two_processes_give_the_one_process_dpo_update(tmp_path, tiny_llama, mod
     two_logs, one_logs = ([r for r in records(tmp_path / s / "out") if "loss" in r] for s in ("two", "one"))
     assert [r["loss"] for r in two_logs] == pytest.approx([r["loss"] for r in one_logs], abs=1e-6)
     assert [r["rewards/margins"] for r in two_logs] == pytest.approx([r["rewards/margins"] for r in one_logs], abs=1e-5)
+
+
+def test_sft_then_dpo_chained_and_the_card_says_both_stages(tmp_path, tiny_llama):
+    rows = [{"prompt": p["prompt"], "response": p["chosen"]} for p in PAIRS]
+    write_jsonl(tmp_path / "sft" / "rows.jsonl", rows)
+    write_config(tmp_path / "sft" / "cfg.yaml", {
+        "name": "stage-one", "base_model": str(tiny_llama), "output_dir": "out", "data": {"train": {"data_files": "rows.jsonl"}},
+        "training": {"max_steps": 3, "save_strategy": "no", "disable_tqdm": True}})
+    assert main(["run", str(tmp_path / "sft" / "cfg.yaml")]) == 0
+    sft_final = tmp_path / "sft" / "out" / "final"
+    cfg = setup(tmp_path / "dpo", sft_final, max_steps=2, train_sampling_strategy="group_by_length")
+    assert main(["run", str(cfg)]) == 0
+    final = tmp_path / "dpo" / "out" / "final"
+    stages = json.loads((final / "tunesmith_stages.json").read_text())
+    assert [(s["run"], s["objective"]) for s in stages] == [("stage-one", "sft"), ("pref", "dpo")]
+    assert stages[1]["base_model"] == str(sft_final)
+    card = (final / "README.md").read_text()
+    assert "## Training stages" in card and "1. `sft`" in card and "2. `dpo`, beta 0.1" in card
+    assert "| objective | dpo (sigmoid, beta 0.1) |" in card
+
+
+def test_eval_on_pairs_gives_preference_accuracy_base_against_trained(tmp_path, tiny_llama):
+    cfg = setup(tmp_path, tiny_llama, max_steps=20, per_device_train_batch_size=8)
+    assert main(["run", str(cfg)]) == 0
+    pairs = str(tmp_path / "pairs.jsonl")
+    assert main(["eval", str(cfg), "--data", pairs, "--label", "before"]) == 0
+    assert main(["eval", str(cfg), "--data", pairs, "--model", str(tmp_path / "out" / "final"), "--label", "after"]) == 0
+    before, after = (json.loads((tmp_path / "out" / "eval" / label / "metrics.json").read_text()) for label in ("before", "after"))
+    assert before["pairs"] == after["pairs"] == len(PAIRS)
+    assert after["logp_margin"] > before["logp_margin"] and after["preference_accuracy"] >= before["preference_accuracy"]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "eval" / "after" / "predictions.jsonl").read_text().splitlines()]
+    wins = sum(r["chosen_logp"] > r["rejected_logp"] for r in rows) / len(rows)
+    assert wins == after["preference_accuracy"]

@@ -178,13 +178,15 @@ def packed_step(per_row: float | None, batch: int) -> str:
 
 def training_columns(ds, sampling: str = "random"):
     """The columns the collator needs, plus `length` for length-grouped sampling."""
-    if "chosen_input_ids" in ds.column_names or "kl_input_ids" in ds.column_names:
-        return ds.select_columns([c for c in (*PAIR_COLUMNS, *UNPAIRED_COLUMNS) if c in ds.column_names])
-    ds = ds.select_columns([c for c in TRAIN_COLUMNS if c in ds.column_names])
+    preference = "chosen_input_ids" in ds.column_names or "kl_input_ids" in ds.column_names
+    keep = (*PAIR_COLUMNS, *UNPAIRED_COLUMNS) if preference else TRAIN_COLUMNS
+    ds = ds.select_columns([c for c in keep if c in ds.column_names])
     if sampling in ("group_by_length", "batch_rebalance"):
         import pyarrow.compute as pc
 
-        lengths = pc.list_value_length(ds.with_format("arrow")[:]["input_ids"]).to_pylist()
+        table = ds.with_format("arrow")[:]
+        sides = [c for c in ("input_ids", "chosen_input_ids", "rejected_input_ids", "kl_input_ids") if c in table.column_names]
+        lengths = [sum(n) for n in zip(*(pc.list_value_length(table[c]).to_pylist() for c in sides))]  # a pair: both sides
         ds = ds.add_column("length", lengths)
     return ds
 
