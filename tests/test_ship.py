@@ -113,13 +113,14 @@ def test_gguf_round_trip_through_transformers(tmp_path, tiny_llama, quant, toler
 
 
 def test_gguf_export_refuses_an_unmapped_architecture(tmp_path, tok_dir):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "gpt2")
-    tok.save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(ModelError, match="does not map the 'gpt2' architecture"):
-        export_gguf(tmp_path / "gpt2", tmp_path / "x.gguf")
+    config = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    GPTNeoXForCausalLM(config).save_pretrained(tmp_path / "neox")
+    tok.save_pretrained(tmp_path / "neox")
+    with pytest.raises(ModelError, match="does not write the 'gpt_neox' architecture: GPT-NeoX/Pythia"):
+        export_gguf(tmp_path / "neox", tmp_path / "x.gguf")
     assert not list(tmp_path.glob("*.gguf*"))  # nothing half-written
 
 

@@ -1,0 +1,157 @@
+"""The exported GGUF in llama.cpp itself (llama-cpp-python built from its sdist by `make runtime`),
+for a tiny random model of every family the export writes, f16 and q8_0:
+
+- llama.cpp tokenizes text as the transformers tokenizer does (byte fallback, specials, BOS);
+- its logits equal transformers' on the same rounded weights, within a bound measured here
+  (llama.cpp's CPU matmuls also round the activations: to f16 beside f16 weights, to 8-bit
+  blocks beside q8_0 ones, which a weights-only reference cannot reproduce). A broken export
+  (Q/K rows not re-ordered, Gemma norms without +1, soft-caps dropped) is off by more than the
+  largest logit: far outside the bound, see test_a_broken_export_is_caught;
+- greedy decoding picks the same tokens, step by step;
+- the chat template in the file's metadata, rendered by llama-cpp-python's own Jinja formatter,
+  writes a conversation exactly as training rendered it, and llama.cpp tokenizes that text as
+  transformers does (and, for byte-level BPE, into the very ids training used).
+
+Skipped when the build is absent (`make runtime` builds it once, about 4 minutes on 2 cores).
+Figures: `pytest -m runtime tests/test_runtime_gguf.py -s` prints them (docs/shipping.md).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SITE = Path(os.environ.get("TUNESMITH_LLAMA_CPP_CACHE", "~/.cache/tunesmith/llama-cpp")).expanduser() / "site"
+if not (SITE / "llama_cpp").is_dir():
+    pytest.skip(f"llama-cpp-python is not built ({SITE} absent): `make runtime` builds it", allow_module_level=True)
+sys.path.insert(0, str(SITE))
+llama_cpp = pytest.importorskip("llama_cpp")
+
+import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from tiny_families import VARIANTS, make_tiny_family, make_tokenizer, rounded_like_gguf  # noqa: E402
+from tunesmith.config.schema import ChatConfig, Config, DataConfig  # noqa: E402
+from tunesmith.data.render import make_renderer  # noqa: E402
+from tunesmith.data.tokenize import encode_batch, specials_of  # noqa: E402
+from tunesmith.ship.gguf import export_gguf  # noqa: E402
+from tunesmith.ship.ollama import jinja_chat_template  # noqa: E402
+
+pytestmark = pytest.mark.runtime
+
+PROMPTS = ["The quick brown fox jumps over the lazy dog. Question: what is the capital of France?",
+           "Résumé: 12345 naïve café ☕ <|im_start|>user\nhi<|im_end|>\n  indented\ttab"]
+GREEDY = ["Question: what is the capital of France? Answer:", "The quick brown"]
+# |llama.cpp - transformers on the rounded weights| / max |logit|: measured at most 4.0e-3 (f16)
+# and 4.7e-2 (q8_0) over these families and prompts; broken exports measure above 1.2.
+TOLERANCE = {"f16": 1e-2, "q8_0": 1e-1}
+FORMATS = ["chatml", "alpaca"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """variant -> (model folder, {quant: gguf path}); made once per module, on first use."""
+    root, toks, cache = tmp_path_factory.mktemp("runtime"), {}, {}
+
+    def get(variant: str, quant: str, fmt: str = "chatml"):
+        kind = VARIANTS[variant][2]
+        if kind not in toks:
+            toks[kind] = make_tokenizer(kind, root / f"tok-{kind}")
+        if variant not in cache:
+            cache[variant] = (make_tiny_family(variant, toks[kind], root / variant), {})
+        folder, files = cache[variant]
+        if (quant, fmt) not in files:
+            tok = AutoTokenizer.from_pretrained(folder)
+            template = jinja_chat_template(chat_config(folder, fmt), tok)
+            # "tiny", not the variant's name: llama.cpp special-cases names containing "phi3" (docs/shipping.md)
+            files[quant, fmt] = export_gguf(folder, root / f"{variant}-{quant}-{fmt}.gguf", quant, name="tiny", chat_template=template)
+        return folder, files[quant, fmt]
+    return get
+
+
+def chat_config(folder: Path, fmt: str) -> Config:
+    return Config(base_model=str(folder), data=DataConfig(prompt_format=fmt, chat=ChatConfig(tools=None)))
+
+
+def load(path: Path):
+    return llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2, seed=0)
+
+
+def llama_logits(llm, ids: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[:len(ids)])
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_logits_and_tokens_match_transformers(built, variant, quant):
+    folder, path = built(variant, quant)
+    tok, ref, llm = AutoTokenizer.from_pretrained(folder), rounded_like_gguf(folder, quant), load(path)
+    for prompt in PROMPTS:
+        ids = tok(prompt)["input_ids"]
+        assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == ids, prompt
+        with torch.no_grad():
+            want = ref(torch.tensor([ids])).logits[0].numpy()
+        got = llama_logits(llm, ids)
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        print(f"\n{variant} {quant}: {len(ids)} tokens, max |logit diff| / max |logit| = {rel:.1e}")
+        assert rel < TOLERANCE[quant]
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_greedy_continuation_matches_transformers(built, variant, quant):
+    """f16: the same 16 tokens. q8_0: every token llama.cpp picks is one transformers (on the same
+    q8_0 weights) scores within the q8_0 bound of its best: a divergence only at a near-tie."""
+    folder, path = built(variant, quant)
+    tok, ref, llm = AutoTokenizer.from_pretrained(folder), rounded_like_gguf(folder, quant), load(path)
+    for prompt in GREEDY:
+        ids = tok(prompt)["input_ids"]
+        llm.reset()
+        llm.eval(ids)
+        picked = []
+        for _ in range(16):
+            picked.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            llm.eval(picked[-1:])
+        with torch.no_grad():
+            want = ref.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id,
+                                eos_token_id=None)[0, len(ids):].tolist()
+            logits = ref(torch.tensor([ids + picked])).logits[0, len(ids) - 1:-1]
+        same = next((i for i, (a, b) in enumerate(zip(picked, want)) if a != b), 16)
+        print(f"\n{variant} {quant}: greedy equal for {same}/16 tokens")
+        if quant == "f16":
+            assert picked == want
+        else:
+            gap = (logits.max(-1).values - logits[torch.arange(16), picked]).max().item()
+            assert gap < TOLERANCE[quant] * logits.abs().max().item()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_chat_template_renders_and_tokenizes_as_training(built, variant, fmt):
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from test_export_chat import CONVERSATION, TOOLS
+
+    folder, path = built(variant, "f16", fmt)
+    tok, llm = AutoTokenizer.from_pretrained(folder), load(path)
+    cfg = Config(base_model=str(folder), data=DataConfig(prompt_format=fmt, chat=ChatConfig(tools=TOOLS)))
+    renderer = make_renderer(cfg.data, tok)
+    messages = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
+    [segments], _ = renderer.render({"messages": messages}, 0, "chat")
+    trained_text = "".join(t for t, _ in segments)
+    template = llm.metadata["tokenizer.chat_template"]
+    formatter = Jinja2ChatFormatter(template, eos_token=tok.eos_token, bos_token=tok.bos_token or "", add_generation_prompt=False)
+    assert formatter(messages=messages, tools=TOOLS).prompt == trained_text
+    [(trained_ids, _)] = encode_batch([segments], tok, specials_of(tok), end_with_eos=False)
+    llama_ids = llm.tokenize(trained_text.encode(), add_bos=llm.metadata.get("tokenizer.ggml.add_bos_token") == "true", special=True)
+    print(f"\n{variant} {fmt}: template equal; llama.cpp ids {'==' if llama_ids == trained_ids else '!='} training ids "
+          f"({len(llama_ids)} tokens, first difference at {next((i for i, (a, b) in enumerate(zip(llama_ids, trained_ids)) if a != b), None)})")
+    assert llama_ids == tok(trained_text)["input_ids"]  # llama.cpp's tokenizer is the model's own
+    if VARIANTS[variant][2] == "bpe":  # byte-level BPE splits at spaces and newlines: segment by segment = whole text
+        assert llama_ids == trained_ids
+    # SentencePiece-style tokenizers merge across, or put '▁' at, the boundaries where training
+    # tokenizes each segment on its own: docs/shipping.md has the measured differences.
