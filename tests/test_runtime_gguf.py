@@ -155,3 +155,104 @@ def test_chat_template_renders_and_tokenizes_as_training(built, variant, fmt):
         assert llama_ids == trained_ids
     # SentencePiece-style tokenizers merge across, or put '▁' at, the boundaries where training
     # tokenizes each segment on its own: docs/shipping.md has the measured differences.
+
+
+@pytest.mark.parametrize("variant, fact", [("llama", "permute_qk"), ("gemma3", "norm_plus_one")])
+def test_a_broken_export_is_caught(built, tmp_path, monkeypatch, variant, fact):
+    """The bound is tight enough to matter: the same model written without one family fact (Llama's
+    Q/K row order, Gemma's norm + 1) is off by more than its largest logit, 100x the f16 bound."""
+    import dataclasses
+
+    from transformers import AutoConfig
+
+    from tunesmith.ship import gguf_arch
+
+    folder, _ = built(variant, "f16")
+    model_type = AutoConfig.from_pretrained(folder).model_type
+    monkeypatch.setitem(gguf_arch.FAMILIES, model_type, dataclasses.replace(gguf_arch.FAMILIES[model_type], **{fact: False}))
+    llm = load(export_gguf(folder, tmp_path / "broken.gguf", "f16", name="tiny"))
+    ids = AutoTokenizer.from_pretrained(folder)(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+        want = rounded_like_gguf(folder, "f16")(torch.tensor([ids])).logits[0].numpy()
+    rel = float(np.abs(llama_logits(llm, ids) - want).max() / np.abs(want).max())
+    print(f"\n{variant} without {fact}: max |logit diff| / max |logit| = {rel:.2f}")
+    assert rel > 100 * TOLERANCE["f16"]
+
+
+def llama_quantize(f16: Path, target: Path, ftype: int) -> Path:
+    """What `llama-quantize F16 TARGET Q4_K_M` does, through the library the wheel ships."""
+    import ctypes
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    assert llama_cpp.llama_model_quantize(str(f16).encode(), str(target).encode(), ctypes.byref(params)) == 0
+    return target
+
+
+def greedy(llm, ids: list[int], n: int) -> list[int]:
+    llm.reset()
+    llm.eval(ids)
+    picked = []
+    for _ in range(n):
+        picked.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval(picked[-1:])
+    return picked
+
+
+def test_q4_k_m_by_llama_cpps_quantizer(built, tmp_path):
+    """`--quant q4_K_M` points at llama.cpp's quantizer: it accepts our f16 file (a Llama with rows of
+    256, the Q4_K block) and writes Q4_K and Q6_K tensors, and the result loads and runs. (Accuracy
+    on random weights says nothing: the demo model's test measures it on real ones.)"""
+    from gguf import GGUFReader
+
+    folder, _ = built("llama", "f16")
+    wide = make_tiny_family("llama", folder, tmp_path / "wide", hidden_size=256, intermediate_size=512)
+    f16 = export_gguf(wide, tmp_path / "wide-f16.gguf", "f16", name="tiny")
+    q4 = llama_quantize(f16, tmp_path / "wide-q4_K_M.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
+    kinds = {t.tensor_type.name for t in GGUFReader(q4).tensors}
+    assert {"Q4_K", "Q6_K"} <= kinds
+    ids = AutoTokenizer.from_pretrained(wide)(PROMPTS[0])["input_ids"]
+    logits = llama_logits(load(q4), ids)
+    assert logits.shape == (len(ids), len(AutoTokenizer.from_pretrained(wide))) and np.isfinite(logits).all()
+    print(f"\nq4_K_M (tensor types {sorted(kinds)}): {f16.stat().st_size // 1024} KiB -> {q4.stat().st_size // 1024} KiB")
+
+
+@pytest.mark.demo_model
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_K_M"])
+def test_the_demo_model_in_llama_cpp(tmp_path, quant):
+    """SmolLM2-135M-Instruct (the demo model, real weights): tokens, logits, greedy decoding, chat
+    template. q4_K_M is made by llama.cpp's quantizer from our f16 file and compared with the
+    unrounded model (its rounding is llama.cpp's, not reproducible in torch)."""
+    from tunesmith.demo_model import demo_model_path
+    from tunesmith.modelref import local_model
+
+    folder = local_model(str(demo_model_path()))
+    tok = AutoTokenizer.from_pretrained(folder)
+    path = export_gguf(folder, tmp_path / f"smol-{quant}.gguf".replace("q4_K_M", "f16"), quant.replace("q4_K_M", "f16"), name="smollm2")
+    if quant == "q4_K_M":
+        path = llama_quantize(path, tmp_path / "smol-q4_K_M.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
+    llm, ref = load(path), rounded_like_gguf(folder, quant) if quant != "q4_K_M" else rounded_like_gguf(folder, "f32")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    ids = tok(prompt)["input_ids"]
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0].numpy()
+        best = ref.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=None)[0, len(ids):].tolist()
+    rel = float(np.abs(llama_logits(llm, ids) - want).max() / np.abs(want).max())
+    picked = greedy(llm, ids, 24)
+    with torch.no_grad():
+        logits = ref(torch.tensor([ids + picked])).logits[0, len(ids) - 1:-1]
+    gap = (logits.max(-1).values - logits[torch.arange(24), picked]).max().item()
+    same = next((i for i, (a, b) in enumerate(zip(picked, best)) if a != b), 24)
+    print(f"\ndemo model {quant}: {path.stat().st_size / 2**20:.0f} MB, max |logit diff| / max |logit| = {rel:.1e} "
+          f"(max |logit| {np.abs(want).max():.1f}); greedy equal for {same}/24 tokens, worst pick {gap:.2f} below "
+          f"transformers' best: {tok.decode(picked)!r}")
+    assert llm.metadata["tokenizer.chat_template"] == tok.chat_template
+    if quant == "f16":
+        assert rel < TOLERANCE[quant] and picked == best
+    elif quant == "q8_0":  # the first answer token is a near-tie ('The' 25.33, 'L' 25.24 in transformers)
+        assert rel < TOLERANCE[quant] and gap < TOLERANCE[quant] * np.abs(want).max()
+    else:  # measured 0.19 and picks within 0.5 logit of transformers' best on SmolLM2-135M: 4 bits cost that much here
+        assert rel < 0.3 and gap < 1.0

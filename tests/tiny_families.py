@@ -72,7 +72,7 @@ def make_tokenizer(kind: str, out_dir: Path) -> Path:
     return train_spm_tokenizer(out_dir, prefix_space=kind == "spm")
 
 
-def make_tiny_family(variant: str, tok_dir: Path, out_dir: Path, seed: int = 0) -> Path:
+def make_tiny_family(variant: str, tok_dir: Path, out_dir: Path, seed: int = 0, **overrides) -> Path:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,7 +80,8 @@ def make_tiny_family(variant: str, tok_dir: Path, out_dir: Path, seed: int = 0) 
     class_name, kwargs, _ = VARIANTS[variant]
     tok = AutoTokenizer.from_pretrained(tok_dir)
     config = getattr(transformers, class_name)(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                                pad_token_id=tok.pad_token_id, tie_word_embeddings=variant != "phi3", **kwargs)
+                                                pad_token_id=tok.pad_token_id, tie_word_embeddings=variant != "phi3",
+                                                **{**kwargs, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     gemma = config.model_type.startswith("gemma")
@@ -105,6 +106,8 @@ def rounded_like_gguf(folder: Path, quant: str):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    if quant == "f32":
+        return model
     with torch.no_grad():
         for _, p in model.named_parameters():
             if p.ndim < 2:

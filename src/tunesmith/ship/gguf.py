@@ -1,11 +1,14 @@
 """A plain model folder -> one GGUF file that llama.cpp, Ollama and transformers (`gguf_file=`) read.
 
 Built on the `gguf` package: its writer, its tensor-name map (HF module name -> GGUF name) and its
-quantizer. No converter script is downloaded. The tokenizer goes into the metadata (byte-level BPE:
-tokens, types, merges, special ids, the BOS rule, the chat template), so the file runs on its own.
+quantizer. No converter script is downloaded. The tokenizer goes into the metadata (gguf_vocab.py:
+tokens, types, merges or scores, special ids, the BOS rule, the chat template), so the file runs
+on its own. What differs by family (hyper-parameters, tensor transforms, rotary scaling) is in
+gguf_arch.py.
 
-Only architectures whose tensors we lay out exactly as llama.cpp expects are mapped; others are
-refused with a message, never written half right.
+Only families whose tensors we lay out exactly as llama.cpp expects are written, each checked in
+llama.cpp itself (tests/test_runtime_gguf.py); others are refused with a message naming the
+family and the reason, never written half right.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 
 from tunesmith.errors import ModelError
 from tunesmith.ship.gguf_arch import family_of, rope_scaling, tensor_for_gguf, write_hparams
-from tunesmith.ship.gguf_vocab import write_tokenizer
+from tunesmith.ship.gguf_vocab import check_name, write_tokenizer
 
 QUANTS = ("f16", "q8_0")
 Q8_BLOCK = 32  # q8_0 quantizes rows in blocks of 32 values
@@ -35,6 +38,8 @@ def export_gguf(folder: str | Path, target: str | Path, quant: str = "f16", name
     config = AutoConfig.from_pretrained(folder)
     family = family_of(config)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    name = name or Path(folder).name
+    check_name(name, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     arch = getattr(gguf.MODEL_ARCH, family.arch)
 
@@ -43,7 +48,7 @@ def export_gguf(folder: str | Path, target: str | Path, quant: str = "f16", name
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
     try:
-        writer.add_name(name or Path(folder).name)
+        writer.add_name(name)
         write_hparams(writer, config, family)
         extra = rope_scaling(writer, config, family)
         writer.add_vocab_size(config.vocab_size)

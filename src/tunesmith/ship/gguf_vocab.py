@@ -4,8 +4,8 @@
   and the name of the pre-tokenizer's split pattern.
 - SentencePiece-style BPE with byte fallback (Llama 2, Mistral v0.1-0.3, Gemma, Phi-3): llama.cpp's
   `llama` model, which merges the adjacent pair whose result scores highest. tokenizer.json keeps
-  merges, not scores, so each token's score is minus the rank of the merge that makes it: the
-  highest-scoring pair is the one BPE would merge first. Byte tokens (<0x0A>) are typed BYTE.
+  merges, not scores, so each token's score is minus (1 +) the rank of the merge that makes it:
+  the highest-scoring pair is the one BPE would merge first. Byte tokens (<0x0A>) are typed BYTE.
 
 Anything else (Unigram, WordPiece, a split pattern llama.cpp has no name for) is refused: a file
 whose tokenizer cuts text differently would run, and answer worse, without saying why.
@@ -37,12 +37,12 @@ def write_tokenizer(writer, tokenizer, config, chat_template: str | None) -> Non
         tokens.append(token)
         if i not in by_id:
             types.append(gguf.TokenType.UNUSED)
+        elif kind == "spm" and i == tokenizer.unk_token_id:  # as SentencePiece types it
+            types.append(gguf.TokenType.UNKNOWN)
         elif token in added:
             types.append(gguf.TokenType.CONTROL if added[token] else gguf.TokenType.USER_DEFINED)
         elif kind == "spm" and BYTE_TOKEN.fullmatch(token):
             types.append(gguf.TokenType.BYTE)
-        elif kind == "spm" and i == tokenizer.unk_token_id:
-            types.append(gguf.TokenType.UNKNOWN)
         else:
             types.append(gguf.TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
@@ -70,6 +70,16 @@ def write_tokenizer(writer, tokenizer, config, chat_template: str | None) -> Non
         writer.add_chat_template(chat_template)
 
 
+def check_name(name: str, tokenizer) -> None:
+    """llama.cpp special-cases a file whose general.name contains 'phi3' or 'phi-3': every special
+    token strips the whitespace after it, and '<|endoftext|>' is looked up, so a tokenizer without
+    it fails to load ("unordered_map::at"). Measured with llama.cpp 0.3.36's loader."""
+    if any(k in name.lower() for k in ("phi3", "phi-3")) and "<|endoftext|>" not in tokenizer.get_vocab():
+        raise ModelError(f"GGUF export: the name {name!r} makes llama.cpp treat the file as Phi-3, and this tokenizer "
+                         "has no <|endoftext|> token, so llama.cpp would fail to load it",
+                         "choose a name without 'phi3' / 'phi-3' (the config's `name`, or --model with another folder name)")
+
+
 def tokenizer_kind(spec: dict) -> str:
     """'bpe' (byte-level) or 'spm' (SentencePiece-style BPE with byte fallback); others refused."""
     model = spec["model"]
@@ -87,12 +97,12 @@ def tokenizer_kind(spec: dict) -> str:
 
 
 def merge_scores(tokens: list[str], merges: list[str]) -> list[float]:
-    """Minus the rank of the first merge that produces each token; 0 for tokens no merge makes
+    """-(1 + rank of the first merge that produces each token); 0 for tokens no merge makes
     (single characters, bytes, specials), which llama.cpp never compares: it scores merge results."""
     rank: dict[str, int] = {}
     for r, merge in enumerate(merges):
         rank.setdefault(merge.replace(" ", "", 1), r)
-    return [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+    return [-1.0 - rank[t] if t in rank else 0.0 for t in tokens]
 
 
 def adds_space_prefix(spec: dict) -> bool:
