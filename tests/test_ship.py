@@ -124,15 +124,6 @@ def test_gguf_export_refuses_an_unmapped_architecture(tmp_path, tok_dir):
     assert not list(tmp_path.glob("*.gguf*"))  # nothing half-written
 
 
-GO_IF = re.compile(r"\{\{ if \.System \}\}(.*?)\{\{ else \}\}(.*?)\{\{ end \}\}", re.S)
-
-
-def render_go(template: str, system: str | None, prompt: str, response: str) -> str:
-    """Ollama's template semantics for the constructs the Modelfile uses (if/else on .System, fields)."""
-    template = GO_IF.sub(lambda m: m.group(1) if system else m.group(2), template)
-    return template.replace("{{ .System }}", system or "").replace("{{ .Prompt }}", prompt).replace("{{ .Response }}", response)
-
-
 def modelfile_parts(text: str) -> tuple[str, str | None, list[str]]:
     template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
     system = re.search(r'SYSTEM """(.*?)"""', text, re.S)
@@ -150,6 +141,7 @@ def modelfile_parts(text: str) -> tuple[str, str | None, list[str]]:
 def test_modelfile_template_renders_the_training_prompt(tmp_path, tiny_llama, data):
     from datasets import load_from_disk
 
+    from ollama_go import render_ollama
     from tunesmith.ship.ollama import jinja_chat_template, write_modelfile
 
     cfg_path = run_config(tmp_path, tiny_llama, **data)
@@ -160,7 +152,8 @@ def test_modelfile_template_renders_the_training_prompt(tmp_path, tiny_llama, da
     assert system == (data.get("prompt") or {}).get("system_message")
     rows = load_from_disk(str(tmp_path / "out" / "data" / "train"))
     for row, source in zip(rows, ROWS):
-        rendered = tok.bos_token + render_go(template, system, source["prompt"], source["response"])  # BOS: added by llama.cpp
+        chat = [{"role": "user", "content": source["prompt"]}, {"role": "assistant", "content": source["response"]}]
+        rendered = tok.bos_token + render_ollama(template, system, chat)  # BOS: added by llama.cpp
         assert row["full_text"] in (rendered, rendered + tok.eos_token), (row["full_text"], rendered)
     assert tok.eos_token in stops
     if data["prompt_format"] == "chat_template":
