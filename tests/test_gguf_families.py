@@ -146,3 +146,11 @@ def test_q4_k_m_is_answered_with_the_llama_cpp_command(tmp_path, tiny_llama):
     out = tmp_path / "out" / "export"
     assert f"llama-quantize {out / 'toy-f16.gguf'} {out / 'toy-q4_K_M.gguf'} Q4_K_M" in err.value.hint
     assert f"ollama create toy -f {out / 'Modelfile'} --quantize q4_K_M" in err.value.hint
+
+
+def test_a_sliding_window_llama_cpp_leaves_out_is_warned_about(tmp_path, toks, capsys):
+    folder = make_tiny_family("mistral", toks["bpe"], tmp_path / "m", sliding_window=64)
+    export_gguf(folder, tmp_path / "m.gguf")
+    assert "llama.cpp runs mistral without its sliding window (64 tokens): past 64 tokens" in capsys.readouterr().err
+    export_gguf(make_tiny_family("gemma2", toks["spm-gemma"], tmp_path / "g"), tmp_path / "g.gguf")  # Gemma's window is kept
+    assert "warning" not in capsys.readouterr().err

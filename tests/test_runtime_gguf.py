@@ -256,3 +256,23 @@ def test_the_demo_model_in_llama_cpp(tmp_path, quant):
         assert rel < TOLERANCE[quant] and gap < TOLERANCE[quant] * np.abs(want).max()
     else:  # measured 0.19 and picks within 0.5 logit of transformers' best on SmolLM2-135M: 4 bits cost that much here
         assert rel < 0.3 and gap < 1.0
+
+
+@pytest.mark.parametrize("scheme", ["first", "always"])
+def test_metaspace_tokenizers_differ_where_the_export_warns(built, tmp_path, capsys, scheme):
+    """A Metaspace pre-tokenizer (Mistral v0.3 style): llama.cpp puts '▁' before text that starts with
+    a space and, for prepend_scheme 'first', after every special token; the export says so, and
+    everywhere else the ids are the same."""
+    from tiny_families import metaspace_tokenizer
+
+    tok_dir = metaspace_tokenizer(tmp_path / "tok", scheme)
+    folder = make_tiny_family("llama", tok_dir, tmp_path / "m")
+    llm = load(export_gguf(folder, tmp_path / "m.gguf", name="tiny"))
+    warned = capsys.readouterr().err
+    assert "adds a '▁' where this tokenizer (Metaspace) does not: before" in warned
+    assert ("after each special token" in warned) == (scheme == "first")
+    tok = AutoTokenizer.from_pretrained(folder)
+    same = lambda text: llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"]  # noqa: E731
+    assert same("Hello world, what is the capital of France?") and same("a  b\n\nc")
+    assert not same(" leading space")
+    assert same("<|im_start|>user\nhi there<|im_end|>") == (scheme == "always")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from helpers import CHATML_TEMPLATE, CORPUS, train_tokenizer
 
@@ -66,6 +66,21 @@ def train_spm_tokenizer(out_dir: Path, prefix_space: bool = True) -> Path:
     return out_dir
 
 
+def metaspace_tokenizer(out_dir: Path, scheme: str) -> Path:
+    """The SentencePiece-style tokenizer with a Metaspace pre-tokenizer instead of the normalizer
+    (how Mistral v0.3 and newer Llama 2 conversions ship it): `scheme` 'first' or 'always'."""
+    from tokenizers import pre_tokenizers
+
+    tok = AutoTokenizer.from_pretrained(train_spm_tokenizer(out_dir / "base", prefix_space=False))
+    backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    backend.normalizer = None
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
 def make_tokenizer(kind: str, out_dir: Path) -> Path:
     if kind == "bpe":
         return train_tokenizer(out_dir, adds_bos=True)
@@ -75,7 +90,7 @@ def make_tokenizer(kind: str, out_dir: Path) -> Path:
 def make_tiny_family(variant: str, tok_dir: Path, out_dir: Path, seed: int = 0, **overrides) -> Path:
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     class_name, kwargs, _ = VARIANTS[variant]
     tok = AutoTokenizer.from_pretrained(tok_dir)

@@ -13,13 +13,14 @@ family and the reason, never written half right.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from tunesmith.errors import ModelError
-from tunesmith.ship.gguf_arch import family_of, rope_scaling, tensor_for_gguf, write_hparams
-from tunesmith.ship.gguf_vocab import check_name, write_tokenizer
+from tunesmith.ship.gguf_arch import family_notes, family_of, rope_scaling, tensor_for_gguf, write_hparams
+from tunesmith.ship.gguf_vocab import check_name, tokenizer_notes, write_tokenizer
 
 QUANTS = ("f16", "q8_0")
 Q8_BLOCK = 32  # q8_0 quantizes rows in blocks of 32 values
@@ -40,6 +41,8 @@ def export_gguf(folder: str | Path, target: str | Path, quant: str = "f16", name
     tokenizer = AutoTokenizer.from_pretrained(folder)
     name = name or Path(folder).name
     check_name(name, tokenizer)
+    for note in family_notes(config, family) + tokenizer_notes(tokenizer):
+        print(f"tunesmith: warning: {note}", file=sys.stderr)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     arch = getattr(gguf.MODEL_ARCH, family.arch)
 

@@ -87,6 +87,17 @@ def check_family(config, family: Family) -> None:
                          "export GPT-2 models with activation_function gelu_new")
 
 
+def family_notes(config, family: Family) -> list[str]:
+    """What llama.cpp's graph leaves out for this family, with the context length where it shows."""
+    window = getattr(config, "sliding_window", None)
+    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+        window = None
+    if family.arch in ("LLAMA", "QWEN2", "PHI3") and window and window < config.max_position_embeddings:
+        return [f"llama.cpp runs {config.model_type} without its sliding window ({window} tokens): "
+                f"past {window} tokens of context its answers differ from transformers'"]
+    return []
+
+
 def rope_params(config) -> dict:
     """transformers 5 keeps rotary settings in rope_parameters (per layer type for Gemma 3)."""
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}

@@ -70,6 +70,21 @@ def write_tokenizer(writer, tokenizer, config, chat_template: str | None) -> Non
         writer.add_chat_template(chat_template)
 
 
+def tokenizer_notes(tokenizer) -> list[str]:
+    """Where llama.cpp will tokenize differently from transformers though the file is right
+    (measured in tests/test_runtime_gguf.py): llama.cpp's SentencePiece tokenizer puts '▁' before
+    the text after every special token and before text that already starts with a space."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    meta = [p for p in pre.get("pretokenizers", [pre]) if p.get("type") == "Metaspace"]
+    if not meta or tokenizer_kind(spec) != "spm":
+        return []
+    where = "text that starts with a space"
+    if meta[0].get("prepend_scheme") == "first":
+        where = "the text after each special token (chat markers included) and " + where
+    return [f"llama.cpp's SentencePiece tokenizer adds a '▁' where this tokenizer (Metaspace) does not: before {where}"]
+
+
 def check_name(name: str, tokenizer) -> None:
     """llama.cpp special-cases a file whose general.name contains 'phi3' or 'phi-3': every special
     token strips the whitespace after it, and '<|endoftext|>' is looked up, so a tokenizer without
