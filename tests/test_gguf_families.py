@@ -110,8 +110,8 @@ def test_unwritten_families_are_refused_by_name_with_the_reason(tmp_path, toks, 
 
 
 @pytest.mark.parametrize("variant, change, match", [
-    ("qwen2", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
-                                   "original_max_position_embeddings": 128}}, "rotary scaling 'yarn' is not written for qwen2"),
+    ("qwen2", {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}},
+     "rotary scaling 'dynamic' is not written for qwen2"),
     ("gemma2", {"query_pre_attn_scalar": 64}, "llama.cpp scales queries by 1/sqrt\\(32\\)"),
     ("gemma2", {"hidden_activation": "gelu"}, "llama.cpp runs tanh-approximated GELU"),
 ])

@@ -26,6 +26,8 @@ VARIANTS = {
     "mistral": ("MistralConfig", dict(LAYERS2, sliding_window=None), "bpe"),
     "qwen2": ("Qwen2Config", dict(LAYERS2), "bpe"),
     "qwen3": ("Qwen3Config", dict(LAYERS2, head_dim=32), "bpe"),
+    "qwen3-yarn": ("Qwen3Config", dict(LAYERS2, head_dim=32, rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 128}), "bpe"),
     "gemma2": ("Gemma2Config", dict(LAYERS2, head_dim=32, query_pre_attn_scalar=32, sliding_window=6,
                                     attn_logit_softcapping=2.0, final_logit_softcapping=3.0), "spm-gemma"),
     "gemma3": ("Gemma3TextConfig", dict(LAYERS2, head_dim=32, query_pre_attn_scalar=32, sliding_window=6,

@@ -35,10 +35,10 @@ class Family:
 
 
 FAMILIES = {
-    "llama": Family("LLAMA", permute_qk=True, rope=("default", "linear", "llama3")),
-    "mistral": Family("LLAMA", permute_qk=True, rope=("default", "linear")),
-    "qwen2": Family("QWEN2", rope=("default", "linear")),
-    "qwen3": Family("QWEN3", rope=("default", "linear")),
+    "llama": Family("LLAMA", permute_qk=True, rope=("default", "linear", "llama3", "yarn")),
+    "mistral": Family("LLAMA", permute_qk=True, rope=("default", "linear", "yarn")),
+    "qwen2": Family("QWEN2", rope=("default", "linear", "yarn")),
+    "qwen3": Family("QWEN3", rope=("default", "linear", "yarn")),
     "gemma2": Family("GEMMA2", norm_plus_one=True),
     "gemma3_text": Family("GEMMA3", norm_plus_one=True, rope=("default", "linear")),
     "phi3": Family("PHI3", rope=("default", "longrope")),
@@ -185,6 +185,14 @@ def rope_scaling(writer, config, family: Family) -> list[tuple[str, np.ndarray]]
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(params["factor"]))
+    if kind == "yarn":  # llama.cpp derives the attention scale (0.1 ln(factor) + 1) as transformers does
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(params["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(params.get("original_max_position_embeddings") or config.max_position_embeddings))
+        for key, add in (("beta_fast", writer.add_rope_scaling_yarn_beta_fast), ("beta_slow", writer.add_rope_scaling_yarn_beta_slow),
+                         ("attention_factor", writer.add_rope_scaling_yarn_attn_factor)):
+            if params.get(key) is not None:
+                add(float(params[key]))
     if kind == "llama3":
         return [(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", llama3_rope_factors(config, params))]
     if kind == "longrope":
