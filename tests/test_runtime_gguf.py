@@ -45,8 +45,9 @@ pytestmark = pytest.mark.runtime
 PROMPTS = ["The quick brown fox jumps over the lazy dog. Question: what is the capital of France?",
            "Résumé: 12345 naïve café ☕ <|im_start|>user\nhi<|im_end|>\n  indented\ttab"]
 GREEDY = ["Question: what is the capital of France? Answer:", "The quick brown"]
-# |llama.cpp - transformers on the rounded weights| / max |logit|: measured at most 4.0e-3 (f16)
-# and 4.7e-2 (q8_0) over these families and prompts; broken exports measure above 1.2.
+# |llama.cpp - transformers on the rounded weights| / max |logit|: measured at most 3.7e-3 (f16)
+# and 5.5e-2 (q8_0) over these families and prompts (1.7e-3 and 4.8e-2 on SmolLM2-135M); the
+# broken exports of test_a_broken_export_is_caught measure 1.24 and 1.36.
 TOLERANCE = {"f16": 1e-2, "q8_0": 1e-1}
 FORMATS = ["chatml", "alpaca"]
 
@@ -249,7 +250,12 @@ def test_the_demo_model_in_llama_cpp(tmp_path, quant):
     print(f"\ndemo model {quant}: {path.stat().st_size / 2**20:.0f} MB, max |logit diff| / max |logit| = {rel:.1e} "
           f"(max |logit| {np.abs(want).max():.1f}); greedy equal for {same}/24 tokens, worst pick {gap:.2f} below "
           f"transformers' best: {tok.decode(picked)!r}")
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
     assert llm.metadata["tokenizer.chat_template"] == tok.chat_template
+    chat = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
+    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token=tok.eos_token, bos_token=tok.bos_token)
+    assert formatter(messages=chat).prompt == tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     if quant == "f16":
         assert rel < TOLERANCE[quant] and picked == best
     elif quant == "q8_0":  # the first answer token is a near-tie ('The' 25.33, 'L' 25.24 in transformers)
