@@ -43,7 +43,8 @@ from tunesmith.ship.ollama import jinja_chat_template  # noqa: E402
 pytestmark = pytest.mark.runtime
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog. Question: what is the capital of France?",
-           "Résumé: 12345 naïve café ☕ <|im_start|>user\nhi<|im_end|>\n  indented\ttab"]
+           "Résumé: 12345 naïve café ☕ <|im_start|>user\nhi<|im_end|>\n  indented\ttab",
+           "I'LL say it's 1234567 -- don't!\n\n\n   x  \r\n(a+b)*[c]/{d}"]
 GREEDY = ["Question: what is the capital of France? Answer:", "The quick brown"]
 # |llama.cpp - transformers on the rounded weights| / max |logit|: measured at most 3.7e-3 (f16)
 # and 5.5e-2 (q8_0) over these families and prompts (1.7e-3 and 4.8e-2 on SmolLM2-135M); the
@@ -152,10 +153,11 @@ def test_chat_template_renders_and_tokenizes_as_training(built, variant, fmt):
     print(f"\n{variant} {fmt}: template equal; llama.cpp ids {'==' if llama_ids == trained_ids else '!='} training ids "
           f"({len(llama_ids)} tokens, first difference at {next((i for i, (a, b) in enumerate(zip(llama_ids, trained_ids)) if a != b), None)})")
     assert llama_ids == tok(trained_text)["input_ids"]  # llama.cpp's tokenizer is the model's own
-    if VARIANTS[variant][2] == "bpe":  # byte-level BPE splits at spaces and newlines: segment by segment = whole text
+    if VARIANTS[variant][2] == "bpe":  # GPT-2's split never joins across these segments: segment by segment = whole text
         assert llama_ids == trained_ids
-    # SentencePiece-style tokenizers merge across, or put '▁' at, the boundaries where training
-    # tokenizes each segment on its own: docs/shipping.md has the measured differences.
+    # Llama 3 / Qwen2 split patterns keep '.\n\n' together, SentencePiece-style tokenizers merge
+    # across or put '▁' at the boundaries where training tokenizes each segment on its own:
+    # docs/shipping.md has the measured differences (a training-side matter, the file is right).
 
 
 @pytest.mark.parametrize("variant, fact", [("llama", "permute_qk"), ("gemma3", "norm_plus_one")])

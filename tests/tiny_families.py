@@ -16,18 +16,20 @@ from helpers import CHATML_TEMPLATE, CORPUS, train_tokenizer
 
 LAYERS2 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                max_position_embeddings=512)
-# name -> (transformers config class, its arguments, tokenizer: "bpe" byte-level, "spm" Llama-2 style, "spm-gemma" no prefix space)
+# name -> (transformers config class, its arguments, tokenizer: "bpe" byte-level (GPT-2 split), "bpe-llama3" / "bpe-qwen2"
+# (their split patterns), "spm" SentencePiece-style as Llama 2 ships it, "spm-gemma" without the prefix space)
 VARIANTS = {
     "llama": ("LlamaConfig", dict(LAYERS2), "bpe"),
     "llama-3.1-rope": ("LlamaConfig", dict(LAYERS2, rope_parameters={
         "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 64}), "bpe"),
+        "original_max_position_embeddings": 64}), "bpe-llama3"),
     "llama-2-spm": ("LlamaConfig", dict(LAYERS2, rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}), "spm"),
     "mistral": ("MistralConfig", dict(LAYERS2, sliding_window=None), "bpe"),
-    "qwen2": ("Qwen2Config", dict(LAYERS2), "bpe"),
+    "qwen2": ("Qwen2Config", dict(LAYERS2), "bpe-qwen2"),
     "qwen3": ("Qwen3Config", dict(LAYERS2, head_dim=32), "bpe"),
     "qwen3-yarn": ("Qwen3Config", dict(LAYERS2, head_dim=32, rope_parameters={
-        "rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 128}), "bpe"),
+        "rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 128}), "bpe-qwen2"),
+    "gemma": ("GemmaConfig", dict(LAYERS2, head_dim=32), "spm-gemma"),
     "gemma2": ("Gemma2Config", dict(LAYERS2, head_dim=32, query_pre_attn_scalar=32, sliding_window=6,
                                     attn_logit_softcapping=2.0, final_logit_softcapping=3.0), "spm-gemma"),
     "gemma3": ("Gemma3TextConfig", dict(LAYERS2, head_dim=32, query_pre_attn_scalar=32, sliding_window=6,
@@ -83,9 +85,38 @@ def metaspace_tokenizer(out_dir: Path, scheme: str) -> Path:
     return out_dir
 
 
+# The split patterns of Llama 3's and Qwen2's tokenizer.json (llama.cpp's `llama-bpe` and `qwen2`).
+SPLITS = {
+    "bpe-llama3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "bpe-qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+
+
+def split_bpe_tokenizer(out_dir: Path, kind: str) -> Path:
+    """Byte-level BPE behind a regex Split, as Llama 3 and Qwen2 ship it."""
+    from tokenizers import Regex, pre_tokenizers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLITS[kind]), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
+                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
 def make_tokenizer(kind: str, out_dir: Path) -> Path:
     if kind == "bpe":
         return train_tokenizer(out_dir, adds_bos=True)
+    if kind in SPLITS:
+        return split_bpe_tokenizer(out_dir, kind)
     return train_spm_tokenizer(out_dir, prefix_space=kind == "spm")
 
 

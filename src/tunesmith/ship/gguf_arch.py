@@ -5,7 +5,7 @@ Facts from llama.cpp's loaders (src/models/<arch>.cpp), checked by tests/test_ru
 llama.cpp itself:
 - Llama / Mistral: HF rotates each head's halves, llama.cpp interleaved pairs, so Q/K rows are
   re-ordered. Qwen2/3, Gemma, Phi-3 rotate halves in both (NeoX style): written as stored.
-- Gemma 2/3: RMSNorm multiplies by (1 + w) in transformers, by w in llama.cpp: norms written
+- Gemma 1/2/3: RMSNorm multiplies by (1 + w) in transformers, by w in llama.cpp: norms written
   as w + 1. The sqrt(hidden) embedding scale is llama.cpp's own (not in any tensor); the
   attention scale is 1/sqrt(head_dim) (1/sqrt(hidden/heads) for the 27B sizes, picked by layer
   count), so a query_pre_attn_scalar that disagrees is refused. Which layers slide is written
@@ -39,6 +39,7 @@ FAMILIES = {
     "mistral": Family("LLAMA", permute_qk=True, rope=("default", "linear", "yarn")),
     "qwen2": Family("QWEN2", rope=("default", "linear", "yarn")),
     "qwen3": Family("QWEN3", rope=("default", "linear", "yarn")),
+    "gemma": Family("GEMMA", norm_plus_one=True),
     "gemma2": Family("GEMMA2", norm_plus_one=True),
     "gemma3_text": Family("GEMMA3", norm_plus_one=True, rope=("default", "linear")),
     "phi3": Family("PHI3", rope=("default", "longrope")),
@@ -49,7 +50,6 @@ FAMILIES = {
 REFUSED = {
     "gemma3": "this is Gemma 3's multimodal model (a vision tower and a language_model inside); "
               "train and export its text-only form (Gemma3ForCausalLM, model_type gemma3_text)",
-    "gemma": "Gemma 1 is not mapped (no test model checked in llama.cpp)",
     "phi": "Phi-1/2 (parallel attention and MLP, LayerNorm with biases) is not mapped",
     "gpt_neox": "GPT-NeoX/Pythia (parallel residual, fused per-head qkv) is not mapped",
 }
@@ -72,7 +72,7 @@ def check_family(config, family: Family) -> None:
     if family.arch.startswith("GEMMA") and act not in ("gelu_pytorch_tanh", None):
         raise ModelError(f"GGUF export: {config.model_type} with activation {act!r}: llama.cpp runs tanh-approximated GELU",
                          "export models with hidden_activation gelu_pytorch_tanh (every released Gemma)")
-    if family.arch.startswith("GEMMA"):
+    if family.arch in ("GEMMA2", "GEMMA3"):  # Gemma 1 scales by 1/sqrt(head_dim) in both
         big = {"GEMMA2": 46, "GEMMA3": 62}[family.arch]  # llama.cpp's 27B sizes scale by hidden/heads
         scalar = config.hidden_size // config.num_attention_heads if config.num_hidden_layers == big else config.head_dim
         if config.query_pre_attn_scalar != scalar:
@@ -145,7 +145,7 @@ def write_hparams(writer, config, family: Family) -> None:
         writer.add_key_length(head_dim(config))
         writer.add_value_length(head_dim(config))
     writer.add_rope_freq_base(rope_theta(config))
-    if family.arch.startswith("GEMMA"):
+    if family.arch in ("GEMMA2", "GEMMA3"):
         write_gemma(writer, config, family)
     if family.arch == "PHI3":
         writer.add_sliding_window(config.sliding_window or 0)  # read (and switched off) by llama.cpp
