@@ -47,7 +47,7 @@ PROMPTS = ["The quick brown fox jumps over the lazy dog. Question: what is the c
            "I'LL say it's 1234567 -- don't!\n\n\n   x  \r\n(a+b)*[c]/{d}"]
 GREEDY = ["Question: what is the capital of France? Answer:", "The quick brown"]
 # |llama.cpp - transformers on the rounded weights| / max |logit|: measured at most 3.7e-3 (f16)
-# and 5.5e-2 (q8_0) over these families and prompts (1.7e-3 and 4.8e-2 on SmolLM2-135M); the
+# and 6.3e-2 (q8_0) over these families and prompts (1.7e-3 and 4.8e-2 on SmolLM2-135M); the
 # broken exports of test_a_broken_export_is_caught measure 1.24 and 1.36.
 TOLERANCE = {"f16": 1e-2, "q8_0": 1e-1}
 FORMATS = ["chatml", "alpaca"]
