@@ -114,6 +114,7 @@ def test_unwritten_families_are_refused_by_name_with_the_reason(tmp_path, toks, 
      "rotary scaling 'dynamic' is not written for qwen2"),
     ("gemma2", {"query_pre_attn_scalar": 64}, "llama.cpp scales queries by 1/sqrt\\(32\\)"),
     ("gemma2", {"hidden_activation": "gelu"}, "llama.cpp runs tanh-approximated GELU"),
+    ("gemma2", {"final_logit_softcapping": None}, "llama.cpp's Gemma 2 always caps"),
 ])
 def test_what_llama_cpp_would_compute_differently_is_refused(tmp_path, toks, variant, change, match):
     kind = "spm-gemma" if variant.startswith("gemma") else "bpe"

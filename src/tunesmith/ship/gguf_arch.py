@@ -79,6 +79,10 @@ def check_family(config, family: Family) -> None:
             raise ModelError(f"GGUF export: query_pre_attn_scalar {config.query_pre_attn_scalar}, but llama.cpp scales "
                              f"queries by 1/sqrt({scalar}) for a {config.num_hidden_layers}-layer {config.model_type}",
                              "export only Gemma shapes llama.cpp knows (query_pre_attn_scalar = head_dim, or hidden/heads at 27B)")
+    local = (getattr(config, "rope_parameters", None) or {}).get("sliding_attention", {})
+    if family.arch == "GEMMA3" and local.get("rope_type", "default") != "default":
+        raise ModelError(f"GGUF export: Gemma 3 with {local['rope_type']!r} rotary scaling on its sliding layers: llama.cpp "
+                         "scales only the global layers", "export with plain rotary embeddings on the sliding layers, as released")
     if family.arch == "GPT2" and (getattr(config, "scale_attn_by_inverse_layer_idx", False) or getattr(config, "reorder_and_upcast_attn", False)):
         raise ModelError("GGUF export: GPT-2 with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn",
                          "llama.cpp's GPT-2 graph has neither; export a plain GPT-2")
@@ -155,8 +159,12 @@ def write_hparams(writer, config, family: Family) -> None:
 
 
 def write_gemma(writer, config, family: Family) -> None:
+    if family.arch == "GEMMA2" and not (config.attn_logit_softcapping and config.final_logit_softcapping):
+        raise ModelError("GGUF export: Gemma 2 without attention or final logit soft-capping: llama.cpp's Gemma 2 always caps "
+                         "(at 50 and 30 when the file says nothing)",
+                         "export Gemma 2 with both attn_logit_softcapping and final_logit_softcapping set, as released")
     if family.arch == "GEMMA2":
-        writer.add_attn_logit_softcapping(config.attn_logit_softcapping or 0.0)
+        writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
     elif config.attn_logit_softcapping:
         raise ModelError("GGUF export: Gemma 3 with attn_logit_softcapping: llama.cpp's Gemma 3 graph has none",
                          "export with attn_logit_softcapping: null, as Gemma 3 is released")
