@@ -24,6 +24,7 @@ VARIANTS = {
         "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64}), "bpe-llama3"),
     "llama-2-spm": ("LlamaConfig", dict(LAYERS2, rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}), "spm"),
+    "llama-biases-wide-heads": ("LlamaConfig", dict(LAYERS2, attention_bias=True, mlp_bias=True, head_dim=32), "bpe"),
     "mistral": ("MistralConfig", dict(LAYERS2, sliding_window=None), "bpe"),
     "qwen2": ("Qwen2Config", dict(LAYERS2), "bpe-qwen2"),
     "qwen3": ("Qwen3Config", dict(LAYERS2, head_dim=32), "bpe"),
