@@ -146,9 +146,17 @@ def test_chat_template_renders_and_tokenizes_as_training(built, variant, fmt):
     [segments], _ = renderer.render({"messages": messages}, 0, "chat")
     trained_text = "".join(t for t, _ in segments)
     template = llm.metadata["tokenizer.chat_template"]
+    bos = tok.bos_token if specials_of(tok).adds_bos else ""  # training's BOS, which the template writes
     formatter = Jinja2ChatFormatter(template, eos_token=tok.eos_token, bos_token=tok.bos_token or "", add_generation_prompt=False)
-    assert formatter(messages=messages, tools=TOOLS).prompt == trained_text
+    assert formatter(messages=messages, tools=TOOLS).prompt == bos + trained_text
     [(trained_ids, _)] = encode_batch([segments], tok, specials_of(tok), end_with_eos=False)
+    # the ids llama-cpp-python's chat mode sends for a generation prompt: the formatter's text,
+    # tokenized without a BOS of its own (`add_bos=not added_special`), and training's up to the answer
+    chat = Jinja2ChatFormatter(template, eos_token=tok.eos_token, bos_token=tok.bos_token or "")(messages=messages[:2], tools=TOOLS)
+    sent = llm.tokenize(chat.prompt.encode(), add_bos=not chat.added_special, special=True)
+    assert sent[:1] == trained_ids[:1] and trained_text.startswith(chat.prompt[len(bos):])
+    if VARIANTS[variant][2] == "bpe":
+        assert trained_ids[:len(sent)] == sent
     llama_ids = llm.tokenize(trained_text.encode(), add_bos=llm.metadata.get("tokenizer.ggml.add_bos_token") == "true", special=True)
     print(f"\n{variant} {fmt}: template equal; llama.cpp ids {'==' if llama_ids == trained_ids else '!='} training ids "
           f"({len(llama_ids)} tokens, first difference at {next((i for i, (a, b) in enumerate(zip(llama_ids, trained_ids)) if a != b), None)})")

@@ -158,14 +158,14 @@ def test_modelfile_template_renders_the_training_prompt(tmp_path, tiny_llama, da
     assert tok.eos_token in stops
     if data["prompt_format"] == "chat_template":
         return  # the GGUF keeps the tokenizer's own template, which training used
-    # the chat template written into the GGUF (llama.cpp's chat mode) renders the same text
+    # the chat template written into the GGUF (llama.cpp's chat mode) renders the same text, BOS included
     tok.chat_template = jinja_chat_template(cfg, tok)
     for row, source in zip(rows, ROWS):
         messages = [{"role": "user", "content": source["prompt"]}, {"role": "assistant", "content": source["response"]}]
-        rendered = tok.bos_token + tok.apply_chat_template(messages, tokenize=False)
+        rendered = tok.apply_chat_template(messages, tokenize=False)
         assert row["full_text"] in (rendered, rendered + tok.eos_token), (row["full_text"], rendered)
         prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-        assert rendered.startswith(tok.bos_token + prompt + source["response"])
+        assert rendered.startswith(prompt + source["response"])
 
 
 def test_export_ollama_from_a_lora_adapter(trained, capsys):
@@ -183,7 +183,7 @@ def test_export_ollama_from_a_lora_adapter(trained, capsys):
     tok = AutoTokenizer.from_pretrained(out / "export", gguf_file=gguf_path.name)
     assert tok.chat_template == jinja_chat_template(load_config(cfg_path), tok)
     system_turn = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
-    assert system_turn == "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert system_turn == "<s><|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)  # the adapter merged in memory = merged/
     loaded = AutoModelForCausalLM.from_pretrained(out / "export", gguf_file=gguf_path.name, dtype=torch.float32)
     with torch.no_grad():

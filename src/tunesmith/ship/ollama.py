@@ -16,6 +16,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config
 from tunesmith.errors import ConfigError
 from tunesmith.data.render import make_renderer
+from tunesmith.data.tokenize import specials_of
 from tunesmith.data.tool_text import reasoning_text, result_text, tools_text
 
 SYSTEM, PROMPT, ANSWER = "\x00system\x00", "\x00prompt\x00", "\x00answer-text\x00"
@@ -81,7 +82,10 @@ def jinja_chat_template(cfg: Config, tokenizer) -> str:
     first, as trained), each assistant turn as its answer (tool calls as <tool_call> blocks) and
     closing text, the format's turn separator between an answer and the next user turn, tool
     results as <tool_response> blocks, tools listed in the system turn. The answer cue comes with
-    the user turn, so the generation prompt is in place either way."""
+    the user turn, so the generation prompt is in place either way. A tokenizer that adds BOS gets
+    `{{ bos_token }}` first, as its own templates write it: llama-cpp-python's chat mode adds no BOS
+    of its own, llama.cpp's strips a leading one and adds it when tokenizing, and transformers'
+    apply_chat_template tokenizes without adding one, so each sends the one BOS training had."""
     with_system, closing = prompt_parts(cfg, tokenizer, SYSTEM)
     without_system, _ = prompt_parts(cfg, tokenizer, None)
     separator = turn_separator(cfg, tokenizer, without_system, closing)
@@ -99,7 +103,8 @@ def jinja_chat_template(cfg: Config, tokenizer) -> str:
     listing_head, _, listing_tail = tools_text([{"\x00": 0}]).partition(json.dumps({"\x00": 0}))
     result_head, _, result_tail = result_text("\x00").partition("\x00")  # the tags training writes
     think_head, _, think_tail = reasoning_text("\x00").partition("\x00")
-    return ("{% set ns = namespace(system=" + default + ", after=false, listing='') %}"
+    bos = "{{ bos_token }}" if specials_of(tokenizer).adds_bos else ""
+    return (bos + "{% set ns = namespace(system=" + default + ", after=false, listing='') %}"
             "{% if tools %}{% set ns.listing = " + q(listing_head) + " %}{% for t in tools %}"
             "{% set ns.listing = ns.listing ~ (t | tojson) ~ ('\\n' if not loop.last else '') %}{% endfor %}"
             "{% set ns.listing = ns.listing ~ " + q(listing_tail) + " %}"
