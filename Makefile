@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: setup test lint demo bench docs clean
+.PHONY: setup test lint demo bench docs clean runtime
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# llama.cpp itself runs what `tunesmith export` writes (docs/shipping.md): llama-cpp-python is built
+# from its PyPI sdist once (about 4 min on 2 cores; cached in ~/.cache/tunesmith/llama-cpp/, never
+# installed into the venv), then the runtime tests (and the demo model's, -m demo_model) run against it.
+runtime: setup
+	PY=$(PY) bench/runtime/build_llama_cpp.sh
+	$(PY) -m pytest -q -m runtime tests/test_runtime_gguf.py
 
 # CI runs it before the tests; the rule set and line length are in pyproject.toml ([tool.ruff]).
 lint: setup

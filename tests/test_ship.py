@@ -113,23 +113,15 @@ def test_gguf_round_trip_through_transformers(tmp_path, tiny_llama, quant, toler
 
 
 def test_gguf_export_refuses_an_unmapped_architecture(tmp_path, tok_dir):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "gpt2")
-    tok.save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(ModelError, match="does not map the 'gpt2' architecture"):
-        export_gguf(tmp_path / "gpt2", tmp_path / "x.gguf")
+    config = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    GPTNeoXForCausalLM(config).save_pretrained(tmp_path / "neox")
+    tok.save_pretrained(tmp_path / "neox")
+    with pytest.raises(ModelError, match="does not write the 'gpt_neox' architecture: GPT-NeoX/Pythia"):
+        export_gguf(tmp_path / "neox", tmp_path / "x.gguf")
     assert not list(tmp_path.glob("*.gguf*"))  # nothing half-written
-
-
-GO_IF = re.compile(r"\{\{ if \.System \}\}(.*?)\{\{ else \}\}(.*?)\{\{ end \}\}", re.S)
-
-
-def render_go(template: str, system: str | None, prompt: str, response: str) -> str:
-    """Ollama's template semantics for the constructs the Modelfile uses (if/else on .System, fields)."""
-    template = GO_IF.sub(lambda m: m.group(1) if system else m.group(2), template)
-    return template.replace("{{ .System }}", system or "").replace("{{ .Prompt }}", prompt).replace("{{ .Response }}", response)
 
 
 def modelfile_parts(text: str) -> tuple[str, str | None, list[str]]:
@@ -149,6 +141,7 @@ def modelfile_parts(text: str) -> tuple[str, str | None, list[str]]:
 def test_modelfile_template_renders_the_training_prompt(tmp_path, tiny_llama, data):
     from datasets import load_from_disk
 
+    from ollama_go import render_ollama
     from tunesmith.ship.ollama import jinja_chat_template, write_modelfile
 
     cfg_path = run_config(tmp_path, tiny_llama, **data)
@@ -159,19 +152,20 @@ def test_modelfile_template_renders_the_training_prompt(tmp_path, tiny_llama, da
     assert system == (data.get("prompt") or {}).get("system_message")
     rows = load_from_disk(str(tmp_path / "out" / "data" / "train"))
     for row, source in zip(rows, ROWS):
-        rendered = tok.bos_token + render_go(template, system, source["prompt"], source["response"])  # BOS: added by llama.cpp
+        chat = [{"role": "user", "content": source["prompt"]}, {"role": "assistant", "content": source["response"]}]
+        rendered = tok.bos_token + render_ollama(template, system, chat)  # BOS: added by llama.cpp
         assert row["full_text"] in (rendered, rendered + tok.eos_token), (row["full_text"], rendered)
     assert tok.eos_token in stops
     if data["prompt_format"] == "chat_template":
         return  # the GGUF keeps the tokenizer's own template, which training used
-    # the chat template written into the GGUF (llama.cpp's chat mode) renders the same text
+    # the chat template written into the GGUF (llama.cpp's chat mode) renders the same text, BOS included
     tok.chat_template = jinja_chat_template(cfg, tok)
     for row, source in zip(rows, ROWS):
         messages = [{"role": "user", "content": source["prompt"]}, {"role": "assistant", "content": source["response"]}]
-        rendered = tok.bos_token + tok.apply_chat_template(messages, tokenize=False)
+        rendered = tok.apply_chat_template(messages, tokenize=False)
         assert row["full_text"] in (rendered, rendered + tok.eos_token), (row["full_text"], rendered)
         prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-        assert rendered.startswith(tok.bos_token + prompt + source["response"])
+        assert rendered.startswith(prompt + source["response"])
 
 
 def test_export_ollama_from_a_lora_adapter(trained, capsys):
@@ -189,7 +183,7 @@ def test_export_ollama_from_a_lora_adapter(trained, capsys):
     tok = AutoTokenizer.from_pretrained(out / "export", gguf_file=gguf_path.name)
     assert tok.chat_template == jinja_chat_template(load_config(cfg_path), tok)
     system_turn = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
-    assert system_turn == "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert system_turn == "<s><|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)  # the adapter merged in memory = merged/
     loaded = AutoModelForCausalLM.from_pretrained(out / "export", gguf_file=gguf_path.name, dtype=torch.float32)
     with torch.no_grad():

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", help="where to write (default: <output_dir>/merged)")
     ex = with_config("export", "write the trained model as a GGUF file (llama.cpp), or GGUF + Modelfile (Ollama)")
     ex.add_argument("--to", choices=["gguf", "ollama"], default="gguf")
-    ex.add_argument("--quant", choices=["f16", "q8_0"], default="f16")
+    ex.add_argument("--quant", choices=["f16", "q8_0", "q4_K_M"], default="f16")
     ex.add_argument("--model", help="model folder (default: merged/, else final/; a LoRA adapter is merged first)")
     pu = with_config("push", "upload the model, its card and exported files to a Hugging Face Hub repo (private)")
     pu.add_argument("--repo", required=True, help="user/name or org/name")

@@ -1,10 +1,11 @@
-"""An Ollama Modelfile whose TEMPLATE writes exactly the prompt the model was trained on.
+"""An Ollama Modelfile whose TEMPLATE writes exactly the conversation the model was trained on.
 
 The template is not guessed from the format's name: the training render path itself renders an
-example whose system message, input and answer are sentinels, and the sentinels become Ollama's
-`{{ .System }}`, `{{ .Prompt }}` and `{{ .Response }}`. Whatever the format (built-in markers,
-your own, the tokenizer's chat template, few-shot examples, input templates), Ollama sends the
-model the same text training did.
+example whose system message, input and answer are sentinels, and the sentinels become the Go
+template's system text, message content and answer. Whatever the format (built-in markers, your
+own, the tokenizer's chat template, few-shot examples, input templates), Ollama sends the model
+the same text training did, for every turn of a chat (tests/test_ollama_template.py renders it
+with Go's text/template, the engine Ollama uses).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from tunesmith.config.schema import Config
 from tunesmith.errors import ConfigError
 from tunesmith.data.render import make_renderer
+from tunesmith.data.tokenize import specials_of
 from tunesmith.data.tool_text import reasoning_text, result_text, tools_text
 
 SYSTEM, PROMPT, ANSWER = "\x00system\x00", "\x00prompt\x00", "\x00answer-text\x00"
@@ -36,10 +38,16 @@ def prompt_parts(cfg: Config, tokenizer, system: str | None) -> tuple[str, str]:
 
 
 def modelfile_template(cfg: Config, tokenizer) -> tuple[str, str]:
-    """(Go template, the answer's closing text)."""
+    """(Go template over Ollama's `.Messages`, the answer's closing text). Written like the GGUF's
+    chat template (jinja_chat_template): each user turn as the rendered prompt, the system block
+    on the first one (Ollama passes system messages, and the Modelfile's SYSTEM, as `.System`),
+    each earlier answer with its closing text, and the format's turn separator between an answer
+    and the next user turn. Ollama renders a `.Messages` template once over the whole chat; the
+    older `.Prompt`/`.Response` form is repeated per turn without the separator."""
     with_system, closing = prompt_parts(cfg, tokenizer, SYSTEM)
     without_system, _ = prompt_parts(cfg, tokenizer, None)
-    go = {SYSTEM: "{{ .System }}", PROMPT: "{{ .Prompt }}"}
+    separator = turn_separator(cfg, tokenizer, without_system, closing)
+    go = {SYSTEM: "{{ $system }}", PROMPT: "{{ .Content }}"}
 
     def fill(text: str) -> str:
         if "{{" in text or '"""' in text:
@@ -49,16 +57,22 @@ def modelfile_template(cfg: Config, tokenizer) -> tuple[str, str]:
             text = text.replace(sentinel, field)
         return text
 
-    if cfg.data.prompt.system_message:  # training always had this system message: no branch needed
-        template = fill(with_system)
-    else:
-        template = "{{ if .System }}" + fill(with_system) + "{{ else }}" + fill(without_system) + "{{ end }}"
-    return template + "{{ .Response }}" + fill(closing), closing
+    user = ("{{ if $after }}" + fill(separator) + "{{ end }}" if separator else "") + \
+        "{{ if $system }}" + fill(with_system) + '{{ $system = "" }}{{ else }}' + fill(without_system) + "{{ end }}"
+    template = ("{{ $system := .System }}{{ $after := false }}{{ range .Messages }}"
+                '{{ if eq .Role "user" }}' + user +
+                '{{ else if eq .Role "assistant" }}{{ .Content }}' + fill(closing) + "{{ $after = true }}"
+                "{{ end }}{{ end }}")
+    return template, closing
 
 
 def stop_strings(cfg: Config, tokenizer, closing: str) -> list[str]:
+    """The format's stop strings, the answer's closing text, EOS, and the opening of the next user
+    turn (a model that runs past its answer in a chat starts writing the user's next turn)."""
     format_stops = make_renderer(cfg.data, tokenizer, preprocessing=False).stop_strings
-    stops = [*format_stops, closing.strip(), tokenizer.eos_token or ""]
+    without_system, _ = prompt_parts(cfg, tokenizer, None)
+    opening = (turn_separator(cfg, tokenizer, without_system, closing) + without_system.partition(PROMPT)[0]).strip()
+    stops = [*format_stops, closing.strip(), tokenizer.eos_token or "", opening]
     return list(dict.fromkeys(s for s in stops if s))
 
 
@@ -68,7 +82,10 @@ def jinja_chat_template(cfg: Config, tokenizer) -> str:
     first, as trained), each assistant turn as its answer (tool calls as <tool_call> blocks) and
     closing text, the format's turn separator between an answer and the next user turn, tool
     results as <tool_response> blocks, tools listed in the system turn. The answer cue comes with
-    the user turn, so the generation prompt is in place either way."""
+    the user turn, so the generation prompt is in place either way. A tokenizer that adds BOS gets
+    `{{ bos_token }}` first, as its own templates write it: llama-cpp-python's chat mode adds no BOS
+    of its own, llama.cpp's strips a leading one and adds it when tokenizing, and transformers'
+    apply_chat_template tokenizes without adding one, so each sends the one BOS training had."""
     with_system, closing = prompt_parts(cfg, tokenizer, SYSTEM)
     without_system, _ = prompt_parts(cfg, tokenizer, None)
     separator = turn_separator(cfg, tokenizer, without_system, closing)
@@ -86,7 +103,8 @@ def jinja_chat_template(cfg: Config, tokenizer) -> str:
     listing_head, _, listing_tail = tools_text([{"\x00": 0}]).partition(json.dumps({"\x00": 0}))
     result_head, _, result_tail = result_text("\x00").partition("\x00")  # the tags training writes
     think_head, _, think_tail = reasoning_text("\x00").partition("\x00")
-    return ("{% set ns = namespace(system=" + default + ", after=false, listing='') %}"
+    bos = "{{ bos_token }}" if specials_of(tokenizer).adds_bos else ""
+    return (bos + "{% set ns = namespace(system=" + default + ", after=false, listing='') %}"
             "{% if tools %}{% set ns.listing = " + q(listing_head) + " %}{% for t in tools %}"
             "{% set ns.listing = ns.listing ~ (t | tojson) ~ ('\\n' if not loop.last else '') %}{% endfor %}"
             "{% set ns.listing = ns.listing ~ " + q(listing_tail) + " %}"
