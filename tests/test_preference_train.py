@@ -103,15 +103,16 @@ def test_kto_on_unpaired_rows_learns(tmp_path, tiny_llama):
     assert logs[-1]["loss"] < 0.48 and logs[-1]["rewards/chosen"] > logs[-1]["rewards/rejected"] + 0.1
 
 
-def test_padding_free_batches_give_the_padded_update(tmp_path, tiny_llama):
+def test_padding_free_batches_and_the_models_own_logits_give_the_same_update(tmp_path, tiny_llama):
     outs = {}
-    for batching in ("padding_free", "padded"):
-        folder = tmp_path / batching
+    for batching, loss in (("padding_free", "auto"), ("padded", "auto"), ("padded", "model")):
+        folder = tmp_path / f"{batching}-{loss}"
         cfg = setup(folder, tiny_llama, max_steps=3, optim="sgd", learning_rate=0.5)
-        assert main(["run", str(cfg), f"data.batching={batching}"]) == 0
-        outs[batching] = load_file(folder / "out" / "final" / "model.safetensors")
-    a, b = outs.values()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+        assert main(["run", str(cfg), f"data.batching={batching}", f"model.loss={loss}"]) == 0
+        outs[folder.name] = load_file(folder / "out" / "final" / "model.safetensors")
+    first, *others = outs.values()
+    for other in others:
+        assert max((first[k] - other[k]).abs().max().item() for k in first) < 1e-5
 
 
 def test_wrong_rows_for_the_objective_and_adapter_off_without_adapter_are_refused(tmp_path, tiny_llama, capsys):
