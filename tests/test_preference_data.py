@@ -139,3 +139,28 @@ def test_unpaired_rows_get_a_mismatched_row_each(tmp_path, tok_dir):
     for i in range(4):
         kl = tok.decode(ds[i]["kl_input_ids"])
         assert kl.startswith(f"q{i} ") and f"answer {(i + 1) % 4}" in kl
+
+
+def test_preference_example_prepares_the_arc_pairs_with_the_sft_examples_prompts(tmp_path, tok_dir):
+    from pathlib import Path
+
+    from datasets import load_from_disk
+
+    from tunesmith.config import load_config
+    from tunesmith.data.rows import render_setup
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    assert main(["prep", str(root / "preference" / "dpo.yaml"), f"base_model={tok_dir}", f"output_dir={tmp_path}",
+                 "data.max_length=2048"]) == 0  # the tiny test tokenizer spends more tokens per word
+    data = load_from_disk(str(tmp_path / "data"))
+    assert (len(data["train"]), len(data["eval"])) == (240, 60)  # 80 and 20 questions, 3 wrong choices each
+    questions = [json.loads(line) for line in (root / "arc_easy" / "arc_easy_100.jsonl").read_text().splitlines()]
+    sft = load_config(root / "arc_easy" / "cpu.yaml", [f"base_model={tok_dir}"])
+    prompt_ids, _ = render_setup(sft).prompt(questions[0])  # the SFT example's prompt for question 0
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    for k, row in enumerate(data["train"].select(range(3))):
+        first, end = trained_run(row["chosen_labels"])
+        assert row["chosen_input_ids"][:first] == prompt_ids and row["rejected_input_ids"][:first] == prompt_ids
+        assert tok.decode(row["chosen_input_ids"][first:end]).startswith(questions[0]["choices"][questions[0]["gold"]])
+        wrong = [c for i, c in enumerate(questions[0]["choices"]) if i != questions[0]["gold"]][k]
+        assert tok.decode(row["rejected_input_ids"][first:]).startswith(wrong)
