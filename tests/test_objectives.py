@@ -8,8 +8,7 @@ import torch
 from tunesmith.config.train_schema import ObjectiveConfig
 from tunesmith.train.objectives import Scores, make_objective
 
-pytest.importorskip("trl")
-from trl_losses import trl_cpo_loss, trl_dpo, trl_kto, trl_odds_ratio  # noqa: E402
+from trl_losses import trl_cpo_loss, trl_dpo, trl_kto, trl_odds_ratio
 
 PAIRS = 6
 
@@ -27,8 +26,22 @@ def batch():
                   ref_chosen_logps=rand(20), ref_rejected_logps=rand(20))
 
 
+class Batch:
+    """An objective's per-pair losses, as training uses them: their mean over the batch."""
+
+    def __init__(self, name, **kw):
+        self.component = make_objective(ObjectiveConfig(name=name, **kw))
+        self.needs_reference = self.component.needs_reference
+
+    def loss(self, scores, *args):
+        losses, figures = self.component.loss(scores, *args)
+        assert losses.shape == scores.chosen_logps.shape  # one loss per pair (or row)
+        assert all(v.shape == losses.shape for v in figures.values())
+        return losses.mean(), figures
+
+
 def objective(name, **kw):
-    return make_objective(ObjectiveConfig(name=name, **kw))
+    return Batch(name, **kw)
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
@@ -39,7 +52,7 @@ def test_dpo_equals_trl_sigmoid_and_logs_the_same_figures(batch, beta):
                            s.chosen_tokens.long(), s.rejected_tokens.long(), "sigmoid", beta)
     close(loss, want)
     for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
-        close(figures[name].mean(), logged[name])
+        close(figures[name].nanmean(), logged[name])
 
 
 def test_dpo_label_smoothing_equals_trls_conservative_sigmoid(batch):
@@ -76,7 +89,9 @@ def test_orpo_odds_ratio_equals_trl_and_its_sft_term_is_the_answers_nll():
     s = Scores(mean_c * tokens_c, tokens_c, mean_r * tokens_r, tokens_r)
     loss, figures = objective("orpo", beta=0.25).loss(s)
     ratio_losses, _, _, _, mean_log_odds = trl_odds_ratio(mean_c, mean_r, 0.25)
-    nll = -(mean_c * tokens_c).sum() / tokens_c.sum()  # the chosen answers' tokens (TRL's NLL also counts the prompt's)
+    # The SFT term: each chosen answer's mean NLL per token, averaged over pairs (TRL's is a token mean over the
+    # micro-batch's chosen sequences, prompts included: not per pair, so N processes would not give 1 process's update)
+    nll = (-mean_c).mean()
     close(loss, nll - ratio_losses.mean())
     close(figures["log_odds_chosen"].mean(), mean_log_odds)
 
@@ -92,7 +107,8 @@ def test_kto_equals_trl(kl_shift):
     want, logged = trl_kto(logps, ref, desirable, kl, ref_kl, beta=0.1, undesirable_weight=1.33)
     close(loss, want)
     close(figures["kl"], logged["kl"])
-    close(figures["rewards/chosen"].mean(), logged["rewards/chosen"])
+    close(figures["rewards/chosen"].nanmean(), logged["rewards/chosen"])
+    close(figures["rewards/rejected"].nanmean(), logged["rewards/rejected"])
 
 
 def test_default_betas_follow_trl():

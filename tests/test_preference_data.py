@@ -164,3 +164,66 @@ def test_preference_example_prepares_the_arc_pairs_with_the_sft_examples_prompts
         assert tok.decode(row["chosen_input_ids"][first:end]).startswith(questions[0]["choices"][questions[0]["gold"]])
         wrong = [c for i, c in enumerate(questions[0]["choices"]) if i != questions[0]["gold"]][k]
         assert tok.decode(row["rejected_input_ids"][first:]).startswith(wrong)
+
+
+def test_preprocessing_function_and_columns_apply_once_to_the_preference_row(tmp_path, tok_dir):
+    (tmp_path / "prep_fn.py").write_text(
+        "def to_pair(row):\n    return {'prompt': row['q'], 'chosen': row['good'], 'rejected': row['bad']}\n")
+    write_jsonl(tmp_path / "raw.jsonl", [{"q": f"question {i}", "good": f"yes {i}", "bad": f"no {i}"} for i in range(4)])
+    write_jsonl(tmp_path / "named.jsonl", [{"question": f"question {i}", "response": f"yes {i}", "other": f"no {i}"}
+                                           for i in range(4)])
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    from datasets import load_from_disk
+
+    for name, data in (("fn", {"train": {"data_files": "raw.jsonl"}, "preprocessing_fn": "prep_fn.py:to_pair"}),
+                       ("cols", {"train": {"data_files": "named.jsonl"},
+                                 "columns": {"prompt": "question", "chosen": "response", "rejected": "other"}})):
+        cfg = {"name": name, "base_model": str(tok_dir), "output_dir": str(tmp_path / name), "objective": "dpo",
+               "data": {**data, "prompt_format": "chatml"}}
+        assert main(["prep", str(write_config(tmp_path / f"{name}.yaml", cfg))]) == 0
+        ds = load_from_disk(str(tmp_path / name / "data"))["train"]
+        assert len(ds) == 4
+        first, end = trained_run(ds[2]["chosen_labels"])
+        assert tok.decode(ds[2]["chosen_input_ids"][:first]).endswith("question 2<|im_end|>\n<|im_start|>assistant\n")
+        assert tok.decode(ds[2]["chosen_input_ids"][first:end]).startswith("yes 2")
+        assert tok.decode(ds[2]["rejected_input_ids"][first:]).startswith("no 2")
+
+
+def test_sharegpt_sides_and_a_side_that_does_not_end_with_its_answer(tok_dir):
+    pairs = PairRenderer(make_renderer(DataConfig(prompt_format="chatml"), AutoTokenizer.from_pretrained(tok_dir)))
+    human = {"from": "human", "value": "hi"}
+    chosen, rejected = pairs.pair({"chosen": [human, {"from": "gpt", "value": "hello"}],
+                                   "rejected": [human, {"from": "gpt", "value": "go away"}]}, 0)
+    first, _ = trained_run(chosen.labels)
+    assert pairs.renderer.tokenizer.decode(chosen.ids[first:]).startswith("hello")
+    chosen, _ = pairs.pair({"prompt": [human], "chosen": "hello", "rejected": "go away"}, 0)
+    assert pairs.renderer.tokenizer.decode(chosen.ids[trained_run(chosen.labels)[0]:]).startswith("hello")
+    trailing = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "and?"}]
+    with pytest.raises(DataError, match="chosen ends with turns after its last assistant answer"):
+        pairs.pair({"chosen": trailing, "rejected": trailing[:1] + [{"role": "assistant", "content": "y"}]}, 0)
+
+
+def test_kto_mismatched_rows_skip_the_same_prompt_and_fit_max_length(tmp_path, tok_dir):
+    rows = []
+    for i in range(3):  # each prompt twice in a row (desirable, then undesirable), as pairs turned into KTO rows are
+        rows += [{"prompt": f"q{i} " * (1 + 3 * (i == 1)), "completion": f"good {i} " * (1 + 2 * (i == 2)), "label": True},
+                 {"prompt": f"q{i} " * (1 + 3 * (i == 1)), "completion": f"bad {i}", "label": False}]
+    write_jsonl(tmp_path / "kto.jsonl", rows)
+    cfg = {"name": "k", "base_model": str(tok_dir), "output_dir": str(tmp_path / "out"), "objective": "kto",
+           "data": {"train": {"data_files": str(tmp_path / "kto.jsonl")}, "max_length": 30}}
+    assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(tmp_path / "out" / "data"))["train"]
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    assert len(ds) == 6
+    for row in ds:
+        first, _ = trained_run(row["labels"])
+        kl_first, _ = trained_run(row["kl_labels"])
+        assert row["kl_input_ids"][:kl_first] == row["input_ids"][:first]  # its own prompt
+        assert tok.decode(row["kl_input_ids"][kl_first:]) not in tok.decode(row["input_ids"][first:])  # another answer
+        own_prompt_answers = {tok.decode(r["input_ids"][trained_run(r["labels"])[0]:]) for r in ds
+                              if r["input_ids"][:trained_run(r["labels"])[0]] == row["input_ids"][:first]}
+        assert tok.decode(row["kl_input_ids"][kl_first:]) not in own_prompt_answers  # never its own prompt's answer
+        assert len(row["kl_input_ids"]) <= 30
+    assert max(len(r["kl_input_ids"]) for r in ds) == 30  # q1's prompt with q2's long answer: cut at max_length

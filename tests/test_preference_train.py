@@ -24,10 +24,10 @@ PAIRS = [{"prompt": f"Q: {q}\nA: ", "chosen": good, "rejected": bad} for q, good
 LORA = {"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
 
 
-def setup(tmp_path, base, objective="dpo", model=None, rows=PAIRS, **training):
+def setup(tmp_path, base, objective="dpo", model=None, rows=PAIRS, data=None, **training):
     write_jsonl(tmp_path / "pairs.jsonl", rows)
     cfg = {"name": "pref", "base_model": str(base), "output_dir": "out", "objective": objective,
-           "data": {"train": {"data_files": "pairs.jsonl"}, "max_length": 64},
+           "data": {"train": {"data_files": "pairs.jsonl"}, "max_length": 64, **(data or {})},
            "model": model or {},
            "training": {"max_steps": 12, "learning_rate": 3e-3, "per_device_train_batch_size": 4, "logging_steps": 1,
                         "save_strategy": "no", "disable_tqdm": True, "bf16": False, **training}}
@@ -93,14 +93,19 @@ def test_reference_free_and_other_pair_objectives_learn(tmp_path, tiny_llama, ob
 
 
 def test_kto_on_unpaired_rows_learns(tmp_path, tiny_llama):
-    rows = [r for p in PAIRS for r in ({"prompt": p["prompt"], "completion": p["chosen"], "label": True},
-                                       {"prompt": p["prompt"], "completion": p["rejected"], "label": False})]
+    rows = unpaired()
     cfg = setup(tmp_path, tiny_llama, objective="kto", model=LORA, rows=rows, max_steps=16, learning_rate=1e-2,
                 per_device_train_batch_size=8)
     assert main(["run", str(cfg)]) == 0
     logs = [r for r in records(tmp_path / "out") if "loss" in r]
     assert logs[0]["loss"] == pytest.approx(0.5, abs=1e-5)  # 1 - sigmoid(0) for every row at the start
     assert logs[-1]["loss"] < 0.48 and logs[-1]["rewards/chosen"] > logs[-1]["rewards/rejected"] + 0.1
+    rows_file = str(tmp_path / "pairs.jsonl")  # the unpaired rows setup() wrote
+    for label, model in (("before", []), ("after", ["--model", str(tmp_path / "out" / "final")])):
+        assert main(["eval", str(cfg), "--data", rows_file, "--label", label, *model]) == 0
+    before, after = (json.loads((tmp_path / "out" / "eval" / label / "metrics.json").read_text()) for label in ("before", "after"))
+    assert before["rows_scored"] == after["rows_scored"] == len(rows)
+    assert after["logp_margin_per_token"] > before["logp_margin_per_token"]
 
 
 def test_padding_free_batches_and_the_models_own_logits_give_the_same_update(tmp_path, tiny_llama):
@@ -124,14 +129,25 @@ def test_wrong_rows_for_the_objective_and_adapter_off_without_adapter_are_refuse
     assert "adapter_off needs an adapter" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("model", [LORA, {}], ids=["lora", "full"])
-def test_two_processes_give_the_one_process_dpo_update(tmp_path, tiny_llama, model):
+def unpaired(pairs=PAIRS):
+    return [r for p in pairs for r in ({"prompt": p["prompt"], "completion": p["chosen"], "label": True},
+                                       {"prompt": p["prompt"], "completion": p["rejected"], "label": False})]
+
+
+@pytest.mark.parametrize("objective,model", [("dpo", LORA), ("dpo", {}), ("kto", LORA), ("orpo", {})],
+                         ids=["dpo-lora", "dpo-full", "kto-lora", "orpo-full"])
+def test_two_processes_give_the_one_process_update(tmp_path, tiny_llama, objective, model):
+    rows = unpaired() if objective == "kto" else PAIRS * 2
     common = dict(max_steps=3, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=1e9,
-                  per_device_train_batch_size=2)
-    two = setup(tmp_path / "two", tiny_llama, model=model, **common)
+                  eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=3)
+    held_out = {"validation_split": 0.25}
+    two = setup(tmp_path / "two", tiny_llama, objective=objective, model=model, rows=rows, data=held_out,
+                per_device_train_batch_size=2, **common)
     result = torchrun(["-m", "tunesmith.cli", "run", str(two)], cwd=str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
-    one = setup(tmp_path / "one", tiny_llama, model=model, gradient_accumulation_steps=2, **common)
+    # One process with the whole step's rows in one batch (KTO's KL estimate is over a step's batch on every process).
+    one = setup(tmp_path / "one", tiny_llama, objective=objective, model=model, rows=rows, data=held_out,
+                per_device_train_batch_size=4, **common)
     assert main(["run", str(one)]) == 0
     name = "adapter_model.safetensors" if model else "model.safetensors"
     a, b = (load_file(tmp_path / side / "out" / "final" / name) for side in ("two", "one"))
@@ -139,9 +155,11 @@ def test_two_processes_give_the_one_process_dpo_update(tmp_path, tiny_llama, mod
     start = load_file(tiny_llama / "model.safetensors")
     if not model:
         assert max((a[k] - start[k]).abs().max().item() for k in a if k in start) > 1e-3  # it trained
-    two_logs, one_logs = ([r for r in records(tmp_path / s / "out") if "loss" in r] for s in ("two", "one"))
-    assert [r["loss"] for r in two_logs] == pytest.approx([r["loss"] for r in one_logs], abs=1e-6)
-    assert [r["rewards/margins"] for r in two_logs] == pytest.approx([r["rewards/margins"] for r in one_logs], abs=1e-5)
+    two_logs, one_logs = (records(tmp_path / s / "out") for s in ("two", "one"))
+    margin = "rewards/chosen" if objective == "kto" else "rewards/margins"
+    for key in ("loss", margin, "eval_loss", f"eval_{margin}"):
+        mine, theirs = [r[key] for r in two_logs if key in r], [r[key] for r in one_logs if key in r]
+        assert mine and mine == pytest.approx(theirs, abs=1e-5), key
 
 
 def test_sft_then_dpo_chained_and_the_card_says_both_stages(tmp_path, tiny_llama):
@@ -175,3 +193,32 @@ def test_eval_on_pairs_gives_preference_accuracy_base_against_trained(tmp_path, 
     rows = [json.loads(line) for line in (tmp_path / "out" / "eval" / "after" / "predictions.jsonl").read_text().splitlines()]
     wins = sum(r["chosen_logp"] > r["rejected_logp"] for r in rows) / len(rows)
     assert wins == after["preference_accuracy"]
+
+
+def test_reference_store_is_keyed_by_the_rows_recomputed_when_damaged_and_absent_for_one_file(tmp_path, tiny_llama, capsys):
+    cfg = setup(tmp_path, tiny_llama, max_steps=1)
+    assert main(["run", str(cfg)]) == 0
+    store, = (tmp_path / "out" / "data" / "reference").glob("*.npz")
+    store.write_bytes(b"cut short")
+    capsys.readouterr()
+    assert main(["train", str(cfg)]) == 0  # computed again, and stored whole
+    assert "read from" not in capsys.readouterr().err
+    assert main(["train", str(cfg)]) == 0
+    assert "reference log-probs read from" in capsys.readouterr().err
+    write_jsonl(tmp_path / "pairs.jsonl", [{**p, "chosen": p["chosen"] + "!"} for p in PAIRS])  # as many rows, other ids
+    assert main(["run", str(cfg)]) == 0
+    assert "read from" not in capsys.readouterr().err
+    assert len(list((tmp_path / "out" / "data" / "reference").glob("*.npz"))) == 1  # prep replaced the folder
+    one_file = ["data.output_layout=dataset", "data.writer=to_parquet", f"data.output={tmp_path / 'pairs.parquet'}"]
+    assert main(["run", str(cfg), *one_file]) == 0  # nowhere to store beside one file: computed, not stored
+
+
+def test_an_eval_set_of_other_rows_is_refused_before_training(tmp_path, tiny_llama, capsys):
+    write_jsonl(tmp_path / "sft" / "rows.jsonl", [{"prompt": p["prompt"], "response": p["chosen"]} for p in PAIRS])
+    sft = write_config(tmp_path / "sft" / "cfg.yaml", {"name": "s", "base_model": str(tiny_llama), "output_dir": "out",
+                                                       "data": {"train": {"data_files": "rows.jsonl"}}})
+    assert main(["prep", str(sft)]) == 0
+    cfg = setup(tmp_path, tiny_llama, max_steps=1)
+    assert main(["run", str(cfg), f"eval_data={tmp_path / 'sft' / 'out' / 'data'}"]) == 2
+    assert "holds SFT rows, but objective dpo trains on preference pairs" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "final").exists()

@@ -44,18 +44,23 @@ class Side:
 
 @dataclass
 class PairRenderer:
-    """Renders preference rows with a Renderer whose data config trains the last assistant turn only."""
+    """Renders preference rows: the preprocessing function and data.columns apply once, to the
+    preference row; each side is then rendered as an SFT row (by a Renderer that trains the last
+    assistant turn only and has neither, since the side's row is already in canonical form)."""
 
     renderer: Renderer
 
     def __post_init__(self):
-        data = self.renderer.data.model_copy(update={"assistant_turns": "last", "train_on_prompt": False})
-        self.renderer = replace(self.renderer, data=data)
+        self.preprocess, self.columns = self.renderer.preprocess, self.renderer.data.columns
+        self.preprocessing_fn = self.renderer.data.preprocessing_fn
+        data = self.renderer.data.model_copy(update={"assistant_turns": "last", "train_on_prompt": False, "columns": {}})
+        self.renderer = replace(self.renderer, data=data, preprocess=None)
 
     def row(self, raw: dict[str, Any], index: int) -> dict[str, Any]:
-        if self.renderer.preprocess is not None:
-            raw = apply_preprocessing(raw, self.renderer.preprocess, self.renderer.data.preprocessing_fn, index)
-        return rename_columns(raw, self.renderer.data.columns)
+        """The preference row in canonical names (prompt, chosen, rejected, completion, label, tools)."""
+        if self.preprocess is not None:
+            raw = apply_preprocessing(raw, self.preprocess, self.preprocessing_fn, index)
+        return rename_columns(raw, self.columns)
 
     def pair(self, raw: dict[str, Any], index: int) -> tuple[Side, Side]:
         """A pair row -> (chosen, rejected), with equal prompts (raises DataError naming the row)."""
@@ -84,8 +89,11 @@ class PairRenderer:
     def sides(self, rows: list[dict], original: dict, index: int) -> list[Side]:
         extra = {k: original[k] for k in ("tools",) if original.get(k) is not None}
         segments = []
-        for r in rows:
-            examples, _ = self.renderer.render({**r, **extra}, index)
+        for r, name in zip(rows, ("chosen", "rejected") if len(rows) == 2 else ("completion",)):
+            examples, facts = self.renderer.render({**r, **extra}, index)
+            if facts.get("trailing_removed"):  # the answer must be the side's last turn
+                raise row_error(index, f"{name} ends with turns after its last assistant answer",
+                                "end each side with the answer being compared")
             segments.append(examples[-1])  # the example that ends with the answer
         encoded = encode_batch(segments, self.renderer.tokenizer, self.renderer.specials)
         return [Side(ids, labels, "".join(t for t, _ in segs)) for (ids, labels), segs in zip(encoded, segments)]
@@ -100,16 +108,25 @@ def sft_rows(prompt, chosen, rejected, index: int) -> list[dict]:
         if not all(isinstance(a, (list, tuple)) for a in answers):
             raise row_error(index, "has answers as text but no `prompt`",
                             "add a prompt column, or give chosen/rejected as message lists sharing the prompt's messages")
-        return [{"messages": list(a)} for a in answers]
+        return [{_list_key(a): list(a)} for a in answers]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     if not isinstance(prompt, (list, tuple)):
         raise row_error(index, f"field 'prompt' must be text or a message list, got {type(prompt).__name__}")
-    return [{"messages": [*prompt, *_as_messages(a)]} for a in answers]
+    sharegpt = _list_key(prompt) == "conversations"
+    return [{_list_key(prompt): [*prompt, *_as_messages(a, sharegpt)]} for a in answers]
 
 
-def _as_messages(answer) -> list[dict]:
-    return [{"role": "assistant", "content": answer}] if isinstance(answer, str) else list(answer)
+def _list_key(messages) -> str:
+    """ShareGPT turns ({from, value}) render as `conversations`, OpenAI ones as `messages`."""
+    first = next(iter(messages), None)
+    return "conversations" if isinstance(first, dict) and "from" in first and "role" not in first else "messages"
+
+
+def _as_messages(answer, sharegpt: bool = False) -> list[dict]:
+    if isinstance(answer, str):
+        return [{"from": "gpt", "value": answer}] if sharegpt else [{"role": "assistant", "content": answer}]
+    return list(answer)
 
 
 def _check_answer(row: dict, key: str, index: int) -> None:
@@ -165,17 +182,20 @@ def _cut_pair(chosen: Side, rejected: Side, max_length: int, sp) -> tuple[Side, 
     return out[0], out[1], cut
 
 
-def with_mismatched_rows(ds):
-    """Unpaired (KTO) rows + `kl_input_ids`/`kl_labels`: row i's prompt with row i+1's answer (the
-    last row's with the first's). KTO's KL estimate is the log-ratio of such mismatched rows; fixed
-    here, at prep, so a reference for them can be computed once like the others."""
+def with_mismatched_rows(ds, max_length: int):
+    """Unpaired (KTO) rows + `kl_input_ids`/`kl_labels`: row i's prompt with the answer of the next
+    row (in file order, wrapping around) whose prompt differs, cut to max_length at the answer's
+    end. KTO's KL estimate is the log-ratio of such mismatched rows; fixed here, at prep, so a
+    reference for them can be computed once like the others."""
     ids, labels = ds["input_ids"], ds["labels"]
     starts = [next((k for k, x in enumerate(lab) if x != IGNORE), len(lab)) for lab in labels]
+    prompts = [tuple(row[:start]) for row, start in zip(ids, starts)]
     kl_ids, kl_labels = [], []
     for i in range(len(ids)):
-        j = (i + 1) % len(ids)
-        kl_ids.append(ids[i][:starts[i]] + ids[j][starts[j]:])
-        kl_labels.append(labels[i][:starts[i]] + labels[j][starts[j]:])
+        j = next((j for j in ((i + k) % len(ids) for k in range(1, len(ids))) if prompts[j] != prompts[i]), (i + 1) % len(ids))
+        # row i fits max_length with at least one answer token, so its prompt leaves room for one here
+        kl_ids.append((ids[i][:starts[i]] + ids[j][starts[j]:])[:max_length])
+        kl_labels.append((labels[i][:starts[i]] + labels[j][starts[j]:])[:max_length])
     return ds.add_column("kl_input_ids", kl_ids).add_column("kl_labels", kl_labels)
 
 

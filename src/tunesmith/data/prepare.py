@@ -65,7 +65,7 @@ def prepare(cfg: Config, quiet: bool = False, tokenizer: PreTrainedTokenizerBase
                 reports[split] = split_report(out)
                 processed[split] = kept_rows(out, reports[split])
                 if kind == "unpaired" and len(processed[split]):
-                    processed[split] = with_mismatched_rows(processed[split])
+                    processed[split] = with_mismatched_rows(processed[split], d.max_length)
                 continue
             row_format = dataset_format(d.format, ds.column_names, d.columns, renderer.preprocess is not None)
             if row_format == "chat" and split == "train":

@@ -28,7 +28,7 @@ from tunesmith.hf import IGNORE
 from tunesmith.infer.generate import generate
 from tunesmith.infer.load import load_for_inference
 from tunesmith.infer.metrics import exact_match, rouge_l
-from tunesmith.infer.preference_eval import is_pair_rows, pair_scores, preference_metrics
+from tunesmith.infer.preference_eval import preference_kind, preference_scores
 from tunesmith.infer.settings import inference_config
 
 
@@ -51,15 +51,19 @@ def evaluate(cfg: Config | None, model_path: str | None = None, label: str | Non
     predictions: list[dict] = []
     if data_file:
         rows = file_rows(data_file, max_rows)
-        scored = None if is_pair_rows(rows, renderer) else training_rows(renderer, rows, data_file)
+        kind = preference_kind(rows, renderer)
+        scored = None if kind else training_rows(renderer, rows, data_file)
     else:
         scored, rows = prepared_eval(cfg), held_out_rows(cfg, max_rows)
-    if is_pair_rows(rows, renderer):  # preference pairs: which answer the model prefers; nothing to generate
-        scores = pair_scores(model, renderer, rows, batch_size)
-        result.update(preference_metrics(scores))
-        predictions = [{"row": row.get(ROW, i), **s} for i, (row, s) in enumerate(zip(rows, scores))]
+        kind = preference_kind(rows, renderer)
+    if kind:  # preference rows: which answer the model prefers; nothing to generate
+        metrics, predictions = preference_scores(model, renderer, rows, kind, batch_size)
+        result.update(metrics)
         rows, scored = [], None
-    if scored is not None and "input_ids" in scored.column_names:  # prepared pairs have no token loss
+    elif scored is not None and "input_ids" not in scored.column_names:
+        raise DataError("the prepared eval split holds preference rows, which eval scores from their source rows",
+                        "give the config's held-out source (data.eval or data.validation_split), or --data FILE")
+    if scored is not None:
         loss, tokens = token_loss(model, scored, tokenizer.pad_token_id)
         result.update(eval_loss=round(loss, 4), perplexity=round(math.exp(min(loss, 50)), 3), eval_tokens=tokens)
 
@@ -167,6 +171,8 @@ def choice_scores(model, tokenizer, renderer: Renderer, row: dict) -> list[float
 COLUMNS = [("eval_loss", "eval loss", "{:.3f}"), ("perplexity", "perplexity", "{:.2f}"),
            ("preference_accuracy", "preference accuracy", "{:.1%}"), ("logp_margin", "log-prob margin", "{:+.3f}"),
            ("logp_margin_per_token", "margin per token", "{:+.4f}"),
+           ("desirable_logp_per_token", "desirable log-p/token", "{:+.4f}"),
+           ("undesirable_logp_per_token", "undesirable log-p/token", "{:+.4f}"),
            ("choice_accuracy", "choice accuracy", "{:.1%}"), ("exact_match", "exact match", "{:.1%}"),
            ("rouge_l", "ROUGE-L", "{:.3f}")]
 
@@ -178,5 +184,5 @@ def print_results(results: list[dict], console: Console) -> None:
     for _, title, _ in shown:
         table.add_column(title, justify="right")
     for r in results:
-        table.add_row(r["label"], *[fmt.format(r[k]) if k in r else "-" for k, _, fmt in shown])
+        table.add_row(r["label"], *[fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in shown])
     console.print(table)

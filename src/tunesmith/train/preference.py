@@ -13,11 +13,12 @@
 """
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from transformers import Trainer
 
 from tunesmith.hf import IGNORE
 from tunesmith.train.collate import REAL_TOKENS, PadCollator
@@ -63,7 +64,8 @@ class PreferenceTrainer(TunesmithTrainer):
         self.objective, self.reference = objective, reference  # reference: adapter_off, precomputed or none
         self.model_accepts_loss_kwargs = False  # a mean over pairs: the Trainer divides by accumulation steps
         self.loss_is_scaled_for_ga = False
-        self.stored: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.stored: dict[str, list] = defaultdict(list)
+        self.figure_names: list[str] = []
 
     def sequence_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-prob sums, token counts) of the batch's sequences, in collator order."""
@@ -98,46 +100,66 @@ class PreferenceTrainer(TunesmithTrainer):
         return Scores(logps[:n], tokens[:n], logps[n:], tokens[n:],
                       None if ref is None else ref[:n], None if ref is None else ref[n:])
 
+    def pair_losses(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective's loss of each pair (or row) of the batch, and its per-pair figures."""
+        scores = self.scores(model, batch)
+        if scores.kl_logps is None:
+            return self.objective.loss(scores)
+        # KTO: the KL estimate over every process's batch, as one batch of them all would give
+        local = scores.kl_logps - scores.ref_kl_logps
+        total, count = sum_over_processes([float(local.sum()), float(local.numel())], self.args.device)
+        return self.objective.loss(scores, torch.tensor(max(total / max(count, 1.0), 0.0), device=local.device))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        scores = self.scores(model, inputs)
-        if scores.kl_logps is not None:  # KTO: the KL estimate over every process's batch, as one batch would give
-            local = scores.kl_logps - scores.ref_kl_logps
-            total, count = sum_over_processes([float(local.sum()), float(local.numel())], self.args.device)
-            loss, figures = self.objective.loss(scores, torch.tensor(max(total / count, 0.0), device=local.device))
-        else:
-            loss, figures = self.objective.loss(scores)
-        self.store(figures, "train" if model.training else "eval")
+        losses, figures = self.pair_losses(model, inputs)
+        loss = losses.mean()
+        if model.training:
+            self.store(figures)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Per pair: its loss and figures, as "predictions": the Trainer gathers them from every
+        process and drops the pairs that even batches repeat, so eval figures are means over the
+        eval pairs however they are batched or spread over processes."""
         inputs.pop(REAL_TOKENS, None)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            losses, figures = self.pair_losses(model, inputs)
+        self.figure_names = sorted(figures)
+        table = torch.stack([losses.float(), *(figures[k].float() for k in self.figure_names)], dim=1)
+        return losses.mean().detach(), table.detach(), None
 
-    def evaluation_loop(self, *args, **kwargs):
-        return super(TunesmithTrainer, self).evaluation_loop(*args, **kwargs)
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        output = Trainer.evaluation_loop(self, dataloader, description, False, ignore_keys, metric_key_prefix)
+        table = output.predictions
+        if table is not None and len(table):
+            table = np.asarray(table, dtype=np.float64)
+            output.metrics[f"{metric_key_prefix}_loss"] = float(np.nanmean(table[:, 0]))
+            for k, name in enumerate(self.figure_names, 1):
+                if not np.isnan(table[:, k]).all():
+                    output.metrics[f"{metric_key_prefix}_{name}"] = round(float(np.nanmean(table[:, k])), 6)
+        return output._replace(predictions=None)
 
-    def store(self, figures: dict[str, torch.Tensor], split: str) -> None:
+    def store(self, figures: dict[str, torch.Tensor]) -> None:
+        """Training figures, summed until the next log (NaN: a figure that does not apply to a row)."""
         for name, values in figures.items():
-            self.stored[split][name].append(values.detach().float().sum())
-            self.stored[split][name + "#n"].append(torch.tensor(float(values.numel())))
+            values = values.detach().float()
+            known = ~torch.isnan(values)
+            self.stored[name].append(values[known].sum())
+            self.stored[name + "#n"].append(known.sum().float())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the stored figures, averaged over every pair since the last log on every process."""
-        split = "train" if "loss" in logs else ("eval" if "eval_loss" in logs else None)
-        if split is not None:
-            stored = self.stored[split]
-            names = sorted(k for k in stored if not k.endswith("#n"))
-            totals = sum_over_processes([float(sum(stored[k])) for k in names] + [float(sum(stored[k + "#n"])) for k in names],
-                                        self.args.device) if names else []
-            prefix = "eval_" if split == "eval" else ""
+        """Add the training figures, averaged over every pair since the last log on every process."""
+        if "loss" in logs:
+            names = sorted(k for k in self.stored if not k.endswith("#n"))
+            totals = sum_over_processes([float(sum(self.stored[k])) for k in names]
+                                        + [float(sum(self.stored[k + "#n"])) for k in names], self.args.device) if names else []
             for i, name in enumerate(names):
                 count = totals[len(names) + i]
                 if count:
-                    logs[prefix + name] = round(totals[i] / count, 6)
-            stored.clear()
+                    logs[name] = round(totals[i] / count, 6)
+            self.stored.clear()
         super().log(logs, start_time)
 
 
@@ -148,15 +170,3 @@ def reference_source(objective, method_trains_adapter: bool, choice: str) -> str
     if choice == "auto":
         return "adapter_off" if method_trains_adapter else "precomputed"
     return choice
-
-
-@contextlib.contextmanager
-def evaluating(model):
-    """The model in eval mode, no gradients; restored afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was)

@@ -4,8 +4,8 @@ DPO, IPO and KTO compare the trained model with where it started. With an adapte
 the same model with the adapter off (preference.py does that in each step). With every weight
 trained, the starting model's answer log-probs are computed here, once, before training, in one
 pass without gradients, and stored with the prepared data under `reference/<key>.npz`, the key a
-hash of the model's identity (where it was loaded from, its config and a sample of its weights)
-and the settings that change the values (dtype, autocast, max_length). A later run on the same
+hash of the model's identity (where it was loaded from, its config, a sample of its weights, its
+dtype and attention, the autocast precision) and of the prepared rows' token ids. A later run on the same
 data and model reads them back instead of computing them again.
 
 Under a launcher each process scores every N-th row and the values are gathered, so the pass
@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,14 @@ from tqdm.auto import tqdm
 from tunesmith.train.distributed import is_distributed, is_main_process
 from tunesmith.train.model import base_causal_lm
 
-BATCH_PAIRS = 8
-
-
-def model_key(model, dtype_note: str) -> str:
-    """A short hash of what the model is: its source, config, and a sample of every weight."""
+def model_key(model, args) -> str:
+    """A short hash of what the model is (its source, config, a sample of every weight, its dtype
+    and attention) and of the settings that change its log-probs (autocast precision)."""
     lm = base_causal_lm(model)
     h = hashlib.sha256()
     h.update(str(getattr(lm.config, "_name_or_path", "")).encode())
     h.update(json.dumps(lm.config.to_diff_dict(), sort_keys=True, default=str).encode())
-    h.update(dtype_note.encode())
+    h.update(f"{lm.dtype}-{lm.config._attn_implementation}-bf16={args.bf16}-fp16={args.fp16}".encode())
     with torch.no_grad():
         for name, p in lm.named_parameters():
             flat = p.detach().reshape(-1)
@@ -47,17 +46,45 @@ def model_key(model, dtype_note: str) -> str:
     return h.hexdigest()[:16]
 
 
-def reference_columns(model, dataset, collator, trainer, data_dir: str | None, note: str) -> dict[str, list[float]]:
+def data_key(dataset) -> str:
+    """A short hash of the token columns themselves: other rows, even as many, are other data."""
+    h = hashlib.sha256()
+    table = dataset.with_format("arrow")[:]
+    for name in sorted(c for c in table.column_names if c.endswith(("input_ids", "labels"))):
+        for chunk in table[name].chunks:
+            for buf in chunk.flatten().buffers() + chunk.offsets.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+    return h.hexdigest()[:16]
+
+
+def store_path(data_dir: str | None, model, args, dataset) -> Path | None:
+    """Where the values are kept: beside the prepared data, when that is a local folder."""
+    if not data_dir or "://" in data_dir or not Path(data_dir).is_dir():
+        return None  # one prepared file (to_json / to_parquet) or a remote store: computed every run
+    return Path(data_dir) / "reference" / f"{model_key(model, args)}-{data_key(dataset)}.npz"
+
+
+def read_store(path: Path | None, rows: int) -> dict[str, list[float]] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            columns = {k: stored[k].tolist() for k in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile):  # cut short or damaged: computed again
+        return None
+    return columns if columns and all(len(v) == rows for v in columns.values()) else None
+
+
+def reference_columns(model, dataset, collator, trainer, data_dir: str | None) -> dict[str, list[float]]:
     """{ref_chosen_logps, ref_rejected_logps} (pairs) or {ref_chosen_logps, ref_kl_logps}
     (unpaired) of every row of `dataset`; read from the store when already computed."""
-    key = model_key(model, note)
-    path = Path(data_dir) / "reference" / f"{key}.npz" if data_dir and "://" not in data_dir else None
-    if path is not None and path.is_file():
-        stored = np.load(path)
-        if all(len(stored[k]) == len(dataset) for k in stored.files):
-            if is_main_process():
-                print(f"tunesmith: reference log-probs read from {path}", file=sys.stderr)
-            return {k: stored[k].tolist() for k in stored.files}
+    path = store_path(data_dir, model, trainer.args, dataset)
+    columns = read_store(path, len(dataset))
+    if columns is not None:
+        if is_main_process():
+            print(f"tunesmith: reference log-probs read from {path}", file=sys.stderr)
+        return columns
     columns = compute(model, dataset, collator, trainer)
     if path is not None and is_main_process():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +111,12 @@ def compute(model, dataset, collator, trainer) -> dict[str, list[float]]:
     values: dict[int, tuple[float, float]] = {}
     was_training = model.training
     model.eval()
-    starts = range(0, len(mine), BATCH_PAIRS)
+    per_batch = trainer.args.per_device_train_batch_size  # what fits training fits a pass without gradients
+    starts = range(0, len(mine), per_batch)
     shown = is_main_process() and not trainer.args.disable_tqdm
     try:
         for start in tqdm(starts, desc="reference log-probs", unit="batch", disable=not shown):
-            rows = mine[start:start + BATCH_PAIRS]
+            rows = mine[start:start + per_batch]
             batch = trainer._prepare_inputs(collator([dataset[i] for i in rows]))
             batch.pop("num_real_tokens", None)
             with torch.no_grad(), training_precision(trainer.args, model):

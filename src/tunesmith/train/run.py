@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
 import time
@@ -67,11 +68,11 @@ def train(cfg: Config) -> dict:
     batching = resolve_batching(cfg.data.batching, varlen)
     objective = make_objective(cfg.objective)
     check_rows_kind(train_ds, objective, data_dir)
+    if eval_ds is not None:
+        check_rows_kind(eval_ds, objective, cfg.eval_data or data_dir)
     reference = reference_source(objective, cfg.model.trains_adapter, cfg.objective.reference)
     if objective.data_kind:
-        if reference == "adapter_off" and not cfg.model.trains_adapter:
-            raise ConfigError("objective.reference: adapter_off needs an adapter, but model.method is full",
-                              "set objective.reference: precomputed (or auto), or model.method: lora")
+        check_reference(reference, cfg, args)
         collator = PreferenceCollator(pad_id=tokenizer.pad_token_id, padding_free=batching == "padding_free",
                                       segment_kwargs=varlen)
     else:
@@ -95,12 +96,11 @@ def train(cfg: Config) -> dict:
         trainer = PreferenceTrainer(**common, eval_collator=replace(collator, padding_free=False),
                                     objective=objective, reference=reference)
         if reference == "precomputed":  # one pass of the starting model, before any update
-            note = f"{args.bf16}-{cfg.data.max_length}"
             trainer.train_dataset = with_columns(trainer.train_dataset, reference_columns(
-                model, trainer.train_dataset, collator, trainer, data_dir, note))
+                model, trainer.train_dataset, collator, trainer, data_dir))
             if trainer.eval_dataset is not None:
                 trainer.eval_dataset = with_columns(trainer.eval_dataset, reference_columns(
-                    model, trainer.eval_dataset, collator, trainer, cfg.eval_data or data_dir, note + "-eval"))
+                    model, trainer.eval_dataset, collator, trainer, cfg.eval_data or data_dir))
     else:
         trainer = TunesmithTrainer(**common, eval_collator=PadCollator(pad_id=tokenizer.pad_token_id, segment_kwargs=varlen))
     metrics = MetricsCallback(out / "metrics.jsonl", trainer.tokens, args.device, perplexity=not objective.data_kind)
@@ -207,6 +207,20 @@ def check_rows_kind(ds, objective, data_dir: str) -> None:
         names = {"": "SFT rows", "pairs": "preference pairs", "unpaired": "unpaired (KTO) rows"}
         raise ConfigError(f"{data_dir} holds {names[found]}, but objective {objective.name} trains on {names[objective.data_kind]}",
                           "run `tunesmith prep` again with this config's objective (or `tunesmith run`, which prepares first)")
+
+
+def check_reference(reference: str, cfg: Config, args) -> None:
+    """Reference sources this run cannot give, refused before any work."""
+    if reference == "adapter_off" and not cfg.model.trains_adapter:
+        raise ConfigError("objective.reference: adapter_off needs an adapter, but model.method is full",
+                          "set objective.reference: precomputed (or auto), or model.method: lora")
+    env = lambda name: os.environ.get(name, "").lower() == "true"  # noqa: E731  (accelerate launch's own config)
+    sharded = "DeepSpeed" if args.deepspeed or env("ACCELERATE_USE_DEEPSPEED") else \
+        ("FSDP" if args.fsdp or env("ACCELERATE_USE_FSDP") else None)
+    if reference == "precomputed" and sharded:
+        # The pass runs before the Trainer shards and places the model (prepare), so not under these engines yet.
+        raise ConfigError(f"objective.reference: precomputed is not supported under {sharded} yet",
+                          "use model.method: lora (the reference is the base with the adapter off), or DDP")
 
 
 def objective_line(objective, reference: str, trained_loss: bool) -> str:

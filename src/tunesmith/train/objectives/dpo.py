@@ -17,4 +17,4 @@ class DPO(PairObjective):
         chosen = s.chosen_logps - s.ref_chosen_logps
         rejected = s.rejected_logps - s.ref_rejected_logps
         losses = sigmoid_loss(chosen - rejected, self.beta, self.label_smoothing)
-        return losses.mean(), pair_metrics(self.beta * chosen, self.beta * rejected, s)
+        return losses, pair_metrics(self.beta * chosen, self.beta * rejected, s)

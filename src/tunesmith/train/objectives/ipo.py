@@ -13,4 +13,4 @@ class IPO(PairObjective):
         chosen = (s.chosen_logps - s.ref_chosen_logps) / s.chosen_tokens.clamp(min=1)
         rejected = (s.rejected_logps - s.ref_rejected_logps) / s.rejected_tokens.clamp(min=1)
         losses = (chosen - rejected - 1 / (2 * self.beta)) ** 2
-        return losses.mean(), pair_metrics(self.beta * chosen, self.beta * rejected, s)
+        return losses, pair_metrics(self.beta * chosen, self.beta * rejected, s)

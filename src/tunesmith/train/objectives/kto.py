@@ -28,12 +28,15 @@ class KTO:
         return (s.kl_logps - s.ref_kl_logps).mean().clamp(min=0).detach()
 
     def loss(self, s: Scores, kl: torch.Tensor | None = None):
-        """`kl`: the batch's KL estimate (over every process's batch); default: this batch's."""
+        """Per-row losses and figures. `kl`: the batch's KL estimate (over every process's batch);
+        default: this batch's."""
         kl = self.kl(s) if kl is None else kl
         ratio = s.chosen_logps - s.ref_chosen_logps
         good = s.desirable.bool()
         losses = torch.where(good, self.desirable_weight * (1 - torch.sigmoid(self.beta * (ratio - kl))),
                              self.undesirable_weight * (1 - torch.sigmoid(self.beta * (kl - ratio))))
         rewards, logps = (self.beta * ratio).detach(), s.chosen_logps.detach()
-        return losses.mean(), {"rewards/chosen": rewards[good], "rewards/rejected": rewards[~good], "kl": kl.reshape(1),
-                               "logps/chosen": logps[good], "logps/rejected": logps[~good]}
+        nan = torch.full_like(rewards, float("nan"))  # a figure that does not apply to a row: left out of its mean
+        return losses, {"rewards/chosen": torch.where(good, rewards, nan), "rewards/rejected": torch.where(good, nan, rewards),
+                        "kl": kl.expand_as(rewards), "logps/chosen": torch.where(good, logps, nan),
+                        "logps/rejected": torch.where(good, nan, logps)}

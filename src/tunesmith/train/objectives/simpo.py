@@ -15,4 +15,4 @@ class SimPO(PairObjective):
     def loss(self, s: Scores):
         chosen, rejected = s.chosen_mean, s.rejected_mean
         losses = sigmoid_loss(chosen - rejected - self.gamma / self.beta, self.beta, self.label_smoothing)
-        return losses.mean(), pair_metrics(self.beta * chosen, self.beta * rejected, s)
+        return losses, pair_metrics(self.beta * chosen, self.beta * rejected, s)
