@@ -222,3 +222,37 @@ def test_an_eval_set_of_other_rows_is_refused_before_training(tmp_path, tiny_lla
     assert main(["run", str(cfg), f"eval_data={tmp_path / 'sft' / 'out' / 'data'}"]) == 2
     assert "holds SFT rows, but objective dpo trains on preference pairs" in capsys.readouterr().err
     assert not (tmp_path / "out" / "final").exists()
+
+
+def test_dpo_steps_equal_trls_dpotrainer_on_the_same_batches(tmp_path, tok_dir):
+    """End to end, fp32, full fine-tuning, the same pairs in the same order: tunesmith's DPO run and
+    TRL's DPOTrainer (with its own reference model) log the same loss at every step."""
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from helpers import make_tiny_llama
+
+    base = make_tiny_llama(tok_dir, tmp_path / "base", tied=False)
+    pairs = [{"prompt": f"Q: what is {i} plus {i}?\nA: ", "chosen": f"It is {2 * i}.", "rejected": f"Maybe {2 * i + 1}, or not."}
+             for i in range(16)]
+    common = dict(per_device_train_batch_size=4, num_train_epochs=1, learning_rate=0.1, optim="sgd",
+                  lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none", bf16=False,
+                  max_grad_norm=1e9, seed=0, train_sampling_strategy="sequential", use_cpu=True, disable_tqdm=True)
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    cfg = write_config(tmp_path / "cfg.yaml", {"name": "eq", "base_model": str(base), "output_dir": "out",
+                                               "objective": {"name": "dpo", "beta": 0.1},
+                                               "data": {"train": {"data_files": "pairs.jsonl"}, "max_length": 128},
+                                               "training": common})
+    assert main(["run", str(cfg)]) == 0
+    ours = [r["loss"] for r in records(tmp_path / "out") if "loss" in r]
+
+    model, ref = (AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32) for _ in range(2))
+    trl = DPOTrainer(model=model, ref_model=ref, processing_class=AutoTokenizer.from_pretrained(base),
+                     train_dataset=load_dataset("json", data_files=str(tmp_path / "pairs.jsonl"), split="train"),
+                     args=DPOConfig(output_dir=str(tmp_path / "trl"), max_length=128, beta=0.1, gradient_checkpointing=False,
+                                    **common))
+    trl.train()
+    theirs = [r["loss"] for r in trl.state.log_history if "loss" in r]
+    assert len(ours) == len(theirs) == 4 and ours[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert ours == pytest.approx(theirs, abs=1e-5) and ours[-1] < 0.5 * ours[0]
