@@ -125,15 +125,20 @@ def test_prep_counts_pairs_by_reason_and_refuses_pairs_for_sft(tmp_path, tok_dir
     assert "data.packing" in capsys.readouterr().err
 
 
-def test_unpaired_rows_get_a_mismatched_row_each(tmp_path, tok_dir):
-    rows = [{"prompt": f"q{i} ", "completion": f"answer {i}", "label": i % 2 == 0} for i in range(4)]
-    write_jsonl(tmp_path / "kto.jsonl", rows)
-    cfg = {"name": "k", "base_model": str(tok_dir), "output_dir": str(tmp_path / "out"), "objective": "kto",
-           "data": {"train": {"data_files": str(tmp_path / "kto.jsonl")}, "max_length": 40}}
-    assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+def prepared_unpaired(tmp_path, tok_dir, rows: list[dict], max_length: int):
+    """`tunesmith prep` of KTO rows -> the prepared train split."""
     from datasets import load_from_disk
 
-    ds = load_from_disk(str(tmp_path / "out" / "data"))["train"]
+    write_jsonl(tmp_path / "kto.jsonl", rows)
+    cfg = {"name": "k", "base_model": str(tok_dir), "output_dir": str(tmp_path / "out"), "objective": "kto",
+           "data": {"train": {"data_files": str(tmp_path / "kto.jsonl")}, "max_length": max_length}}
+    assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    return load_from_disk(str(tmp_path / "out" / "data"))["train"]
+
+
+def test_unpaired_rows_get_a_mismatched_row_each(tmp_path, tok_dir):
+    rows = [{"prompt": f"q{i} ", "completion": f"answer {i}", "label": i % 2 == 0} for i in range(4)]
+    ds = prepared_unpaired(tmp_path, tok_dir, rows, max_length=40)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     assert ds["label"] == [True, False, True, False]
     for i in range(4):
@@ -208,13 +213,7 @@ def test_kto_mismatched_rows_skip_the_same_prompt_and_fit_max_length(tmp_path, t
     for i in range(3):  # each prompt twice in a row (desirable, then undesirable), as pairs turned into KTO rows are
         rows += [{"prompt": f"q{i} " * (1 + 3 * (i == 1)), "completion": f"good {i} " * (1 + 2 * (i == 2)), "label": True},
                  {"prompt": f"q{i} " * (1 + 3 * (i == 1)), "completion": f"bad {i}", "label": False}]
-    write_jsonl(tmp_path / "kto.jsonl", rows)
-    cfg = {"name": "k", "base_model": str(tok_dir), "output_dir": str(tmp_path / "out"), "objective": "kto",
-           "data": {"train": {"data_files": str(tmp_path / "kto.jsonl")}, "max_length": 30}}
-    assert main(["prep", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
-    from datasets import load_from_disk
-
-    ds = load_from_disk(str(tmp_path / "out" / "data"))["train"]
+    ds = prepared_unpaired(tmp_path, tok_dir, rows, max_length=30)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     assert len(ds) == 6
     for row in ds:

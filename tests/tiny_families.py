@@ -63,6 +63,11 @@ def train_spm_tokenizer(out_dir: Path, prefix_space: bool = True) -> Path:
     tok.normalizer = normalizers.Sequence(steps)
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
                                     + ([decoders.Strip(" ", 1, 0)] if prefix_space else []))
+    return saved_with_bos(tok, out_dir)
+
+
+def saved_with_bos(tok: Tokenizer, out_dir: Path) -> Path:
+    """A trained tokenizer saved as a Llama-style fast tokenizer: BOS first, ChatML template."""
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                                    additional_special_tokens=["<|im_start|>", "<|im_end|>"])
@@ -105,12 +110,7 @@ def split_bpe_tokenizer(out_dir: Path, kind: str) -> Path:
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
     tok.train_from_iterator(CORPUS * 20, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
                                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-    fast.chat_template = CHATML_TEMPLATE
-    fast.save_pretrained(out_dir)
-    return out_dir
+    return saved_with_bos(tok, out_dir)
 
 
 def make_tokenizer(kind: str, out_dir: Path) -> Path:
