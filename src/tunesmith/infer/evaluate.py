@@ -60,7 +60,7 @@ def evaluate(cfg: Config | None, model_path: str | None = None, label: str | Non
         metrics, predictions = preference_scores(model, renderer, rows, kind, batch_size)
         result.update(metrics)
         rows, scored = [], None
-    elif scored is not None and "input_ids" not in scored.column_names:
+    elif scored is not None and "input_ids" not in getattr(scored, "column_names", ["input_ids"]):  # a prepared split
         raise DataError("the prepared eval split holds preference rows, which eval scores from their source rows",
                         "give the config's held-out source (data.eval or data.validation_split), or --data FILE")
     if scored is not None:
