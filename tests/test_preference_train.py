@@ -256,3 +256,16 @@ def test_dpo_steps_equal_trls_dpotrainer_on_the_same_batches(tmp_path, tok_dir):
     theirs = [r["loss"] for r in trl.state.log_history if "loss" in r]
     assert len(ours) == len(theirs) == 4 and ours[0] == pytest.approx(math.log(2), abs=1e-6)
     assert ours == pytest.approx(theirs, abs=1e-5) and ours[-1] < 0.5 * ours[0]
+
+
+def test_gradient_checkpointing_gives_the_same_dpo_update_with_the_adapter_off_reference(tmp_path, tiny_llama):
+    outs = {}
+    for checkpointing in (False, True):
+        folder = tmp_path / str(checkpointing)
+        cfg = setup(folder, tiny_llama, model=LORA, max_steps=3, optim="sgd", learning_rate=0.5,
+                    gradient_checkpointing=checkpointing)
+        assert main(["run", str(cfg)]) == 0
+        outs[checkpointing] = load_file(folder / "out" / "final" / "adapter_model.safetensors")
+        assert [r["loss"] for r in records(folder / "out") if "loss" in r][0] == pytest.approx(math.log(2), abs=1e-6)
+    a, b = outs.values()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
