@@ -3,7 +3,8 @@
 - A batch of B pairs is laid out as 2B sequences, every chosen side then every rejected side, in
   one padding-free row (attention per example) or in padded rows; one forward through the model
   gives each sequence's answer log-prob at answer positions only (train/sequence_logps.py).
-  Unpaired (KTO) batches hold B rows and then B mismatched prompt/answer rows for the KL estimate.
+  Unpaired (KTO) batches hold B rows, and B mismatched prompt/answer rows for the KL estimate as a
+  batch of their own, scored without gradients (KTO's KL term takes none).
 - The reference (train/reference.py): with an adapter, the same forward with the adapter off, no
   gradients; otherwise log-probs computed once before training and carried in the batch.
 - The objective (train/objectives/) turns them into the loss (a mean over the batch's pairs, so
@@ -46,15 +47,20 @@ class PreferenceCollator:
         if "chosen_input_ids" in features[0]:
             sides = [(f["chosen_input_ids"], f["chosen_labels"]) for f in features] + \
                     [(f["rejected_input_ids"], f["rejected_labels"]) for f in features]
-        else:
-            sides = [(f["input_ids"], f["labels"]) for f in features] + [(f["kl_input_ids"], f["kl_labels"]) for f in features]
-        pad = PadCollator(pad_id=self.pad_id, padding_free=self.padding_free, segment_kwargs=self.segment_kwargs,
-                          count_real_tokens=self.count_real_tokens)
-        batch = pad([{"input_ids": ids, "labels": labels} for ids, labels in sides])
-        batch["sequences"] = torch.tensor(len(sides))
+            batch = self.sequences(sides)
+        else:  # unpaired: the rows, and their mismatched KL rows as a batch of their own (scored without gradients)
+            batch = self.sequences([(f["input_ids"], f["labels"]) for f in features])
+            batch["kl"] = self.sequences([(f["kl_input_ids"], f["kl_labels"]) for f in features], count=False)
         for key in (*REFERENCE_COLUMNS, "label"):
             if key in features[0]:
                 batch[key] = torch.tensor([f[key] for f in features])
+        return batch
+
+    def sequences(self, sides: list[tuple], count: bool = True) -> dict[str, torch.Tensor]:
+        pad = PadCollator(pad_id=self.pad_id, padding_free=self.padding_free, segment_kwargs=self.segment_kwargs,
+                          count_real_tokens=self.count_real_tokens and count)
+        batch = pad([{"input_ids": ids, "labels": labels} for ids, labels in sides])
+        batch["sequences"] = torch.tensor(len(sides))
         return batch
 
 
@@ -69,7 +75,7 @@ class PreferenceTrainer(TunesmithTrainer):
 
     def sequence_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-prob sums, token counts) of the batch's sequences, in collator order."""
-        inputs = {k: v for k, v in batch.items() if k not in (*REFERENCE_COLUMNS, "label", "sequences")}
+        inputs = {k: v for k, v in batch.items() if k not in (*REFERENCE_COLUMNS, "label", "sequences", "kl")}
         count = int(batch["sequences"])
         if uses_trained_positions_loss(self.model):
             out = model(**inputs, use_cache=False, score_sequences=True)
@@ -79,24 +85,33 @@ class PreferenceTrainer(TunesmithTrainer):
         logps, tokens = logps_from_logits(logits, labels, inputs.get("position_ids"), IGNORE)
         return logps[:count], tokens[:count]
 
+    def all_logps(self, model, batch: dict) -> torch.Tensor:
+        """Every side's log-prob sum: pairs' chosen then rejected sides; unpaired rows then their
+        KL rows (what the reference gives and the precomputed columns hold, in that order)."""
+        logps = self.sequence_logps(model, batch)[0]
+        return torch.cat([logps, self.sequence_logps(model, batch["kl"])[0]]) if "kl" in batch else logps
+
     def reference_logps(self, model, batch: dict) -> torch.Tensor | None:
-        if self.reference != "adapter_off":
-            return None
-        unwrapped = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), unwrapped.disable_adapter():
-            return self.sequence_logps(unwrapped, batch)[0]
+        if self.reference == "adapter_off":
+            unwrapped = self.accelerator.unwrap_model(model)
+            with torch.no_grad(), unwrapped.disable_adapter():
+                return self.all_logps(unwrapped, batch)
+        if "ref_chosen_logps" in batch:
+            other = batch["ref_rejected_logps"] if "ref_rejected_logps" in batch else batch["ref_kl_logps"]
+            return torch.cat([batch["ref_chosen_logps"], other])
+        return None
 
     def scores(self, model, batch: dict) -> Scores:
         logps, tokens = self.sequence_logps(model, batch)
         ref = self.reference_logps(model, batch)
+        ref = None if ref is None else ref.to(logps)
+        if "label" in batch:  # unpaired: the rows, and their mismatched KL rows (no gradient reaches KTO's KL term)
+            n = logps.shape[0]
+            with torch.no_grad():
+                kl = self.sequence_logps(self.accelerator.unwrap_model(model), batch["kl"])[0]
+            return Scores(logps, tokens, desirable=batch["label"], kl_logps=kl,
+                          ref_chosen_logps=None if ref is None else ref[:n], ref_kl_logps=None if ref is None else ref[n:])
         n = logps.shape[0] // 2
-        if ref is None and "ref_chosen_logps" in batch:
-            other = batch["ref_rejected_logps"] if "ref_rejected_logps" in batch else batch["ref_kl_logps"]
-            ref = torch.cat([batch["ref_chosen_logps"], other]).to(logps)
-        if "label" in batch:  # unpaired: rows, then their mismatched KL rows
-            return Scores(logps[:n], tokens[:n], desirable=batch["label"], kl_logps=logps[n:].detach(),
-                          ref_chosen_logps=None if ref is None else ref[:n],
-                          ref_kl_logps=None if ref is None else ref[n:])
         return Scores(logps[:n], tokens[:n], logps[n:], tokens[n:],
                       None if ref is None else ref[:n], None if ref is None else ref[n:])
 

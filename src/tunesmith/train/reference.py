@@ -120,7 +120,7 @@ def compute(model, dataset, collator, trainer) -> dict[str, list[float]]:
             batch = trainer._prepare_inputs(collator([dataset[i] for i in rows]))
             batch.pop("num_real_tokens", None)
             with torch.no_grad(), training_precision(trainer.args, model):
-                logps, _ = trainer.sequence_logps(model, batch)
+                logps = trainer.all_logps(model, batch)
             n = len(rows)
             for j, i in enumerate(rows):
                 values[i] = (float(logps[j]), float(logps[n + j]))
