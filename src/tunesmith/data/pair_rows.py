@@ -15,17 +15,12 @@ from typing import Any
 import pyarrow as pa
 from datasets import Features, Sequence, Value
 
-from tunesmith.data.pairs import PairRenderer, fit_pair
-from tunesmith.data.rows import ROW, STATUS_COLUMNS, gc_paused
-from tunesmith.data.tokenize import fit_length
+from tunesmith.data.pairs import PairRenderer, fit_row
+from tunesmith.data.rows import OUTPUT_FEATURES, ROW, STATUS_COLUMNS, gc_paused
 from tunesmith.errors import DataError
 from tunesmith.hf import IGNORE
 
-_STATUS_FEATURES = {
-    ROW: Value("int64"), "_part": Value("int32"), "_status": Value("string"), "_cut": Value("string"), "_error": Value("string"),
-    "_prompt_tokens": Value("int32"), "_trained_tokens": Value("int32"), "_trailing_removed": Value("int32"),
-    "_reasoning_turns": Value("int32"),
-}
+_STATUS_FEATURES = {c: OUTPUT_FEATURES[c] for c in STATUS_COLUMNS}  # as rows.py writes them
 PAIR_FEATURES = Features({
     "chosen_input_ids": Sequence(Value("int32")), "chosen_labels": Sequence(Value("int32")),
     "rejected_input_ids": Sequence(Value("int32")), "rejected_labels": Sequence(Value("int32")),
@@ -62,22 +57,19 @@ class PairProcessor:
             row = {k: batch[k][i] for k in names}
             status = {ROW: index, "_part": 0, "_cut": "", "_error": "", "_trailing_removed": 0, "_reasoning_turns": 0}
             try:
+                fitted = fit_row(self.pairs, row, index, self.kind)
                 if self.kind == "pairs":
-                    chosen, rejected = self.pairs.pair(row, index)
-                    enc_c, enc_r, drop = fit_pair(chosen, rejected, data.max_length, data.overlength, self.pairs.renderer, index)
+                    (enc_c, enc_r), (text_c, text_r) = fitted.sides, fitted.texts
                     cols = {"chosen_input_ids": enc_c.input_ids, "chosen_labels": enc_c.labels,
                             "rejected_input_ids": enc_r.input_ids, "rejected_labels": enc_r.labels,
-                            "chosen_text": chosen.text, "rejected_text": rejected.text}
-                    prompt = len(enc_c.input_ids) - trained(enc_c.labels)
-                    answers = trained(enc_c.labels) + trained(enc_r.labels)
-                    cut = enc_c.cut
+                            "chosen_text": text_c, "rejected_text": text_r}
                 else:
-                    side, label = self.pairs.single(row, index)
-                    enc = fit_length(side.ids, side.labels, data.max_length, data.overlength, self.pairs.renderer.specials, index)
-                    drop = enc.drop
-                    cols = {"input_ids": enc.input_ids, "labels": enc.labels, "full_text": side.text, "label": label}
-                    prompt, answers, cut = len(enc.input_ids) - trained(enc.labels), trained(enc.labels), enc.cut
-                status.update(_status=drop or "ok", _cut=cut, _prompt_tokens=prompt, _trained_tokens=answers)
+                    (enc,), (text,) = fitted.sides, fitted.texts
+                    cols = {"input_ids": enc.input_ids, "labels": enc.labels, "full_text": text, "label": fitted.label}
+                first = fitted.sides[0]
+                status.update(_status=fitted.drop or "ok", _cut=first.cut,
+                              _prompt_tokens=len(first.input_ids) - trained(first.labels),
+                              _trained_tokens=sum(trained(e.labels) for e in fitted.sides))
             except DataError as e:
                 if data.bad_rows == "error":
                     raise

@@ -20,7 +20,7 @@ from typing import Any
 from tunesmith.data.examples import apply_preprocessing, rename_columns
 from tunesmith.data.render import Renderer
 from tunesmith.data.tokenize import Encoded, encode_batch, fit_length
-from tunesmith.errors import DataError, row_error
+from tunesmith.errors import ConfigError, row_error
 from tunesmith.hf import IGNORE
 
 SIDES = ("chosen", "rejected")
@@ -144,6 +144,32 @@ def _prompt_ids(side: Side) -> list[int]:
     return side.ids[:first]
 
 
+@dataclass
+class FittedRow:
+    """A preference row as prep keeps it: its sides after the length policy (chosen, rejected; or
+    the one side of an unpaired row), their texts, the drop reason ('' when kept) and, unpaired,
+    whether the answer is desirable."""
+
+    sides: list[Encoded]
+    texts: list[str]
+    drop: str
+    label: bool | None = None
+
+
+def fit_row(pairs: PairRenderer, raw: dict[str, Any], index: int, kind: str, policy: str | None = None) -> FittedRow:
+    """A raw pair or unpaired row -> its fitted sides (raises DataError naming the row). `policy`:
+    data.overlength unless given (preview shows what drop or truncate do without stopping)."""
+    d = pairs.renderer.data
+    policy = policy or d.overlength
+    if kind == "pairs":
+        chosen, rejected = pairs.pair(raw, index)
+        enc_c, enc_r, drop = fit_pair(chosen, rejected, d.max_length, policy, pairs.renderer, index)
+        return FittedRow([enc_c, enc_r], [chosen.text, rejected.text], drop)
+    side, label = pairs.single(raw, index)
+    enc = fit_length(side.ids, side.labels, d.max_length, policy, pairs.renderer.specials, index)
+    return FittedRow([enc], [side.text], enc.drop, label)
+
+
 def fit_pair(chosen: Side, rejected: Side, max_length: int, policy: str, renderer: Renderer, index: int) -> tuple[Encoded, Encoded, str]:
     """The length policy applied to a pair as one unit -> (chosen, rejected, drop reason or '')."""
     longest = max(len(chosen.ids), len(rejected.ids))
@@ -201,14 +227,9 @@ def with_mismatched_rows(ds, max_length: int):
 
 def check_pair_config(data, kind: str) -> None:
     """Settings that have no meaning for preference rows, refused by name."""
-    from tunesmith.errors import ConfigError
-
     if data.packing:
         raise ConfigError(f"data.packing: {kind} rows are not packed (the sides of a batch run as one padding-free row)",
                           "remove data.packing")
     if data.train_on_prompt:
         raise ConfigError(f"data.train_on_prompt: {kind} rows compare answers; the prompt is never scored",
                           "remove data.train_on_prompt")
-
-
-__all__ = ["PairRenderer", "fit_pair", "pair_kind", "check_pair_config", "DataError"]

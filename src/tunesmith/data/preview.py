@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.text import Text
 
 from tunesmith.config.schema import Config
-from tunesmith.data.pairs import PairRenderer, fit_pair
+from tunesmith.data.pairs import PairRenderer, fit_row
 from tunesmith.data.rows import ROW, RowProcessor, dataset_format, render_setup
 from tunesmith.data.sources import load_source
 from tunesmith.data.tokenize import encode_batch, fit_length
@@ -50,39 +50,32 @@ def preview(cfg: Config, n: int = 3, console: Console | None = None) -> list[dic
 def preview_pairs(console: Console, renderer, ds, kind: str, colour: bool) -> list[dict]:
     """Both sides of each pair (or the one side and its label of an unpaired row), with the length
     policy applied to the pair as prep applies it."""
-    pairs, d, shown = PairRenderer(renderer), renderer.data, []
+    pairs, shown = PairRenderer(renderer), []
+    policy = "truncate" if renderer.data.overlength == "truncate" else "drop"
     for i, row in enumerate(ds):
-        row = {k: v for k, v in row.items() if k != ROW}
-        if kind == "pairs":
-            chosen, rejected = pairs.pair(row, i)
-            enc_c, enc_r, drop = fit_pair(chosen, rejected, d.max_length, "truncate" if d.overlength == "truncate" else "drop",
-                                          renderer, i)
-            sides = [("chosen", enc_c), ("rejected", enc_r)]
-        else:
-            side, label = pairs.single(row, i)
-            enc = fit_length(side.ids, side.labels, d.max_length, "truncate" if d.overlength == "truncate" else "drop",
-                             renderer.specials, i)
-            drop, sides = enc.drop, [("desirable" if label else "undesirable", enc)]
-        for name, enc in sides:
-            trained = sum(1 for x in enc.labels if x != IGNORE)
-            note = f"  [red]dropped: {drop}[/red]" if drop else ""
-            note += f"  [yellow]cut: {enc.cut}[/yellow]" if enc.cut else ""
-            console.rule(f"row {i}, {name}: {len(enc.input_ids)} tokens, {trained} trained{note}")
-            console.print(highlight(renderer.tokenizer, enc.input_ids, enc.labels, colour), soft_wrap=True)
-            shown.append({"row": i, "side": name, "tokens": len(enc.input_ids), "trained": trained, "drop": drop, "cut": enc.cut})
+        fitted = fit_row(pairs, {k: v for k, v in row.items() if k != ROW}, i, kind, policy)
+        names = ["chosen", "rejected"] if kind == "pairs" else ["desirable" if fitted.label else "undesirable"]
+        for name, enc in zip(names, fitted.sides):
+            facts = show_encoded(console, renderer.tokenizer, enc, fitted.drop, f"row {i}, {name}", colour, renderer.data.max_length)
+            shown.append({"row": i, "side": name, **facts})
     return shown
 
 
 def show_example(console: Console, tokenizer, specials, segments, d, label: str, colour: bool, i: int) -> dict:
     (ids, labels), = encode_batch([segments], tokenizer, specials)
     enc = fit_length(ids, labels, d.max_length, "truncate" if d.overlength == "truncate" else "drop", specials, i)
+    return show_encoded(console, tokenizer, enc, enc.drop, label, colour, d.max_length)
+
+
+def show_encoded(console: Console, tokenizer, enc, drop: str, label: str, colour: bool, max_length: int) -> dict:
+    """One example's rule line (tokens, trained, masked, dropped or cut) and its highlighted text."""
     trained = sum(1 for x in enc.labels if x != IGNORE)
-    note = {"too_long": f"  [red]dropped: over max_length {d.max_length}[/red]",
-            "no_trained_tokens": "  [red]dropped: no trained token[/red]"}.get(enc.drop, "")
+    note = {"too_long": f"  [red]dropped: over max_length {max_length}[/red]",
+            "no_trained_tokens": "  [red]dropped: no trained token[/red]"}.get(drop, f"  [red]dropped: {drop}[/red]" if drop else "")
     note += f"  [yellow]cut: {enc.cut}[/yellow]" if enc.cut else ""
     console.rule(f"{label}: {len(enc.input_ids)} tokens, {trained} trained ({len(enc.input_ids) - trained} masked){note}")
     console.print(highlight(tokenizer, enc.input_ids, enc.labels, colour), soft_wrap=True)
-    return {"tokens": len(enc.input_ids), "trained": trained, "drop": enc.drop, "cut": enc.cut}
+    return {"tokens": len(enc.input_ids), "trained": trained, "drop": drop, "cut": enc.cut}
 
 
 def highlight(tokenizer, ids: list[int], labels: list[int], colour: bool) -> Text:

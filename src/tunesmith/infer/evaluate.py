@@ -28,7 +28,7 @@ from tunesmith.hf import IGNORE
 from tunesmith.infer.generate import generate
 from tunesmith.infer.load import load_for_inference
 from tunesmith.infer.metrics import exact_match, rouge_l
-from tunesmith.infer.preference_eval import preference_kind, preference_scores
+from tunesmith.infer.preference_eval import answer_logps, preference_kind, preference_scores
 from tunesmith.infer.settings import inference_config
 
 
@@ -153,19 +153,11 @@ def token_loss(model, ds, pad_id: int, batch_size: int = 8) -> tuple[float, int]
     return (total / count if count else float("nan")), count
 
 
-@torch.no_grad()
 def choice_scores(model, tokenizer, renderer: Renderer, row: dict) -> list[float]:
     """Sum of log-probabilities of each choice as the answer (its end-of-turn included)."""
     example = renderer.example(row, 0, renderer.declared_format, prompt=True)
     segments = [renderer.segments({**example, "response": str(choice)}) for choice in row["choices"]]
-    encoded = encode_batch(segments, tokenizer, renderer.specials)
-    batch = PadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": labels} for ids, labels in encoded])
-    device = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.float()
-    labels = batch["labels"][:, 1:].to(device)
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-    picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * (labels != IGNORE)).sum(-1).tolist()
+    return answer_logps(model, renderer, encode_batch(segments, tokenizer, renderer.specials), batch_size=len(segments))[0]
 
 
 COLUMNS = [("eval_loss", "eval loss", "{:.3f}"), ("perplexity", "perplexity", "{:.2f}"),

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.collate import PadCollator
-from tunesmith.data.pairs import PairRenderer, fit_pair
+from tunesmith.data.pairs import PairRenderer, fit_row
 from tunesmith.data.render import Renderer
-from tunesmith.data.tokenize import fit_length
 from tunesmith.errors import DataError
 from tunesmith.hf import IGNORE
 
@@ -38,14 +37,10 @@ def rendered(renderer: Renderer, rows: list[dict], kind: str) -> tuple[list[list
     for i, row in enumerate(rows):
         index = row.get("_row", i)
         try:
-            if kind == "pairs":
-                chosen, rejected = pairs.pair(row, index)
-                enc_c, enc_r, drop = fit_pair(chosen, rejected, d.max_length, d.overlength, renderer, index)
-                sides, key = [(enc_c.input_ids, enc_c.labels), (enc_r.input_ids, enc_r.labels)], index
-            else:
-                side, label = pairs.single(row, index)
-                enc = fit_length(side.ids, side.labels, d.max_length, d.overlength, renderer.specials, index)
-                drop, sides, key = enc.drop, [(enc.input_ids, enc.labels)], label
+            fitted = fit_row(pairs, row, index, kind)
+            drop = fitted.drop
+            sides = [(e.input_ids, e.labels) for e in fitted.sides]
+            key = index if kind == "pairs" else fitted.label
         except DataError as e:
             if d.bad_rows == "error":
                 raise DataError(f"eval rows: {e.message}", e.hint) from None

@@ -26,8 +26,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from tunesmith.train.collate import REAL_TOKENS
 from tunesmith.train.distributed import is_distributed, is_main_process
 from tunesmith.train.model import base_causal_lm
+
 
 def model_key(model, args) -> str:
     """A short hash of what the model is (its source, config, a sample of every weight, its dtype
@@ -118,7 +120,7 @@ def compute(model, dataset, collator, trainer) -> dict[str, list[float]]:
         for start in tqdm(starts, desc="reference log-probs", unit="batch", disable=not shown):
             rows = mine[start:start + per_batch]
             batch = trainer._prepare_inputs(collator([dataset[i] for i in rows]))
-            batch.pop("num_real_tokens", None)
+            batch.pop(REAL_TOKENS, None)
             with torch.no_grad(), training_precision(trainer.args, model):
                 logps = trainer.all_logps(model, batch)
             n = len(rows)

@@ -9,6 +9,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,8 +21,6 @@ from tunesmith.data.identity import same_tokenizer, tokenizer_identity
 from tunesmith.data.pack import examples_per_row
 from tunesmith.data.prepare import load_prepared
 from tunesmith.data.write import read_meta
-from dataclasses import replace
-
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.hf import load_tokenizer
 from tunesmith.train import artifacts
