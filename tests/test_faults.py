@@ -338,3 +338,20 @@ def test_optimizer_settings_the_trainer_refuses_are_named(tmp_path, tiny_llama, 
     err = capsys.readouterr().err
     assert "the Trainer refused the training settings while building the optimizer and schedule: ValueError" in err
     assert "training.optim_args" in err and "Traceback" not in err
+
+
+def test_data_loader_settings_the_trainer_refuses_are_named(tmp_path, tiny_llama, capsys):
+    """Found by tests/test_cli_property.py: a multiprocessing start method with no worker processes
+    (DataLoader's ValueError while the Trainer builds it) ended in a traceback."""
+    from helpers import write_config, write_jsonl
+    from tunesmith.cli import main
+
+    write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "response": "b"}])
+    cfg = write_config(tmp_path / "c.yaml", {"base_model": str(tiny_llama), "output_dir": str(tmp_path / "out"),
+                                            "data": {"train": {"data_files": "t.jsonl"}, "max_length": 64},
+                                            "training": {"max_steps": 1, "dataloader_multiprocessing_context": "",
+                                                         "report_to": "none"}})
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "the Trainer refused the training settings while building the data loaders: ValueError" in err
+    assert "training.dataloader_multiprocessing_context" in err and "Traceback" not in err

@@ -162,18 +162,27 @@ def translated_faults(cfg, args, out: Path, guard: FaultGuard | None = None):
 # Where the Trainer turns `training:` values into an optimizer and a schedule, before the first step.
 SETUP_FUNCTIONS = {"create_optimizer", "create_scheduler", "create_optimizer_and_scheduler", "get_optimizer_cls_and_kwargs",
                    "get_scheduler", "_prepare_for_training"}
+# Where the Trainer builds its data loaders from the `dataloader_*` values (a start method with no
+# worker processes, a prefetch factor without workers): the values' fault too.
+LOADER_FUNCTIONS = {"get_train_dataloader", "get_eval_dataloader", "_get_dataloader"}
 
 
 def settings_refused(e: BaseException, cfg) -> ConfigError | None:
-    """A ValueError or TypeError raised while the Trainer builds its optimizer or schedule from the
-    `training:` values (`optim_args` it cannot parse, an optimizer's own range checks): the values'
-    fault, named as such. None for anything else."""
+    """A ValueError or TypeError raised while the Trainer builds its optimizer, schedule or data
+    loaders from the `training:` values (`optim_args` it cannot parse, an optimizer's own range
+    checks, DataLoader options that contradict each other): the values' fault, named as such. None
+    for anything else."""
     if not isinstance(e, (ValueError, TypeError)):
         return None
-    if not {f.name for f in traceback.extract_tb(e.__traceback__)} & SETUP_FUNCTIONS:
+    where = {f.name for f in traceback.extract_tb(e.__traceback__)}
+    if where & SETUP_FUNCTIONS:
+        stage = "the optimizer and schedule"
+    elif where & LOADER_FUNCTIONS:
+        stage = "the data loaders"
+    else:
         return None
     keys = ", ".join(f"training.{k}" for k in cfg.training) or "none"
-    return ConfigError(f"the Trainer refused the training settings while building the optimizer and schedule: "
+    return ConfigError(f"the Trainer refused the training settings while building {stage}: "
                        f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
                        f"check the values of the training keys you set ({keys})")
 
